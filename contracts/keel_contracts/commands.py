@@ -1,0 +1,46 @@
+"""Commands: requests for one service to do one thing, carried on KEEL_COMMANDS (WorkQueue).
+
+Every command's `dedupe_key` is sent as `Nats-Msg-Id`, and the consuming service claims the same key
+before any side effect, so a command redelivered or published twice does its work once.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from keel_contracts.envelope import KeyText, Message, Token
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class TriggerRunBody(Body):
+    intent_key: KeyText
+    source: Token
+    input: dict[str, JsonValue]
+
+
+class TriggerRun(Message):
+    """Start a run of `workflow` for an intent, or join the run that intent already has.
+
+    `run_id` must equal `run_id_for(tenant, workflow, intent_key)`; the router checks it, so a caller
+    can know the run id before the router answers.
+    """
+
+    type: Literal["trigger_run"] = "trigger_run"
+    body: TriggerRunBody
+
+
+class ExecuteStepBody(Body):
+    tool: Annotated[str, Field(min_length=1, max_length=128)]
+    input: dict[str, JsonValue]
+    idempotency_key: KeyText
+    timeout_seconds: Annotated[float, Field(gt=0)]
+
+
+class ExecuteStep(Message):
+    """Run one attempt of one tool step. `dedupe_key` names the attempt (run, step, attempt)."""
+
+    type: Literal["execute_step"] = "execute_step"
+    body: ExecuteStepBody

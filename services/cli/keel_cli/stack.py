@@ -1,0 +1,179 @@
+"""`keel up`: the embedded default. A nats-server with JetStream in the data dir, Keel's streams,
+and every service as a child process, restarted if it dies, all stopped cleanly on Ctrl-C/SIGTERM."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keel_shared.connection import connect
+from keel_shared.natsserver import NatsServer
+from keel_shared.provisioning import provision
+from keel_shared.settings import KeelSettings
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    module: str
+    metrics_port: int
+    instance: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.instance}" if self.instance else self.name
+
+
+@dataclass
+class Child:
+    spec: ServiceSpec
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+
+
+def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
+    specs = [ServiceSpec("router", "keel_router", http_port + 1)]
+    for i in range(executors):
+        specs.append(
+            ServiceSpec("executor", "keel_executor", http_port + 2 + i, instance=i + 1 if executors > 1 else 0)
+        )
+    return specs
+
+
+class Stack:
+    def __init__(
+        self,
+        data_dir: Path,
+        nats_port: int,
+        http_port: int,
+        nats_url: str | None = None,
+        executors: int = 1,
+        workflows_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.http_port = http_port
+        self.server: NatsServer | None = None if nats_url else NatsServer(self.data_dir / "nats", port=nats_port)
+        self._nats_url = nats_url
+        self.specs = service_specs(http_port, executors)
+        self.workflows_dir = (workflows_dir or Path("workflows")).resolve()
+        self.extra_env = extra_env or {}
+        self.children: dict[str, Child] = {}
+        self._stopping = False
+
+    @property
+    def nats_url(self) -> str:
+        if self._nats_url:
+            return self._nats_url
+        assert self.server is not None
+        return self.server.url
+
+    def _env(self, spec: ServiceSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "KEEL_NATS_URL": self.nats_url,
+                "KEEL_DATA_DIR": str(self.data_dir),
+                "KEEL_WORKFLOWS_DIR": str(self.workflows_dir),
+                "KEEL_METRICS_PORT": str(spec.metrics_port),
+                "KEEL_INSTANCE_ID": f"{spec.label}-{os.getpid()}",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, spec: ServiceSpec, restarts: int = 0) -> Child:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{spec.label}.log"
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", spec.module],
+                env=self._env(spec),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            )
+        child = Child(spec, proc, log_path, restarts=restarts)
+        self.children[spec.label] = child
+        return child
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.server is not None:
+            self.server.start()
+        nc = await connect(KeelSettings(nats_url=self.nats_url), "admin", retry_initial=False, quiet=True)
+        try:
+            await provision(nc.jetstream(), KeelSettings(nats_url=self.nats_url))
+        finally:
+            await nc.close()
+        for spec in self.specs:
+            self._spawn(spec)
+
+    async def wait_healthy(self, timeout: float = 30.0) -> dict[str, bool]:
+        deadline = time.monotonic() + timeout
+        status = {label: False for label in self.children}
+        while time.monotonic() < deadline and not all(status.values()):
+            for label, child in self.children.items():
+                if not status[label]:
+                    status[label] = await asyncio.to_thread(_healthy, child.spec.metrics_port)
+            if not all(status.values()):
+                await asyncio.sleep(0.2)
+        return status
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart a child that died, with a growing pause so a crash loop does not spin."""
+        while not stop.is_set():
+            for label, child in list(self.children.items()):
+                code = child.proc.poll()
+                if code is not None and not self._stopping:
+                    pause = min(2 ** min(child.restarts, 5) * 0.25, 10.0)
+                    print(f"keel: {label} exited with {code}; restarting in {pause:.1f}s (log: {child.log_path})")
+                    await asyncio.sleep(pause)
+                    if not self._stopping:
+                        self._spawn(child.spec, restarts=child.restarts + 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    def stop(self, timeout: float = 35.0) -> None:
+        self._stopping = True
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children.values():
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        if self.server is not None:
+            self.server.stop()
+
+    def describe(self) -> list[tuple[str, str]]:
+        rows = [("nats", self.nats_url + (f"  (data: {self.server.data_dir})" if self.server else "  (external)"))]
+        for label, child in self.children.items():
+            rows.append(
+                (
+                    label,
+                    f"pid {child.proc.pid}  http://127.0.0.1:{child.spec.metrics_port}/metrics  log {child.log_path}",
+                )
+            )
+        rows.append(("workflows", str(self.workflows_dir)))
+        return rows
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False

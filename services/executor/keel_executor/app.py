@@ -1,0 +1,74 @@
+"""The executor service's NATS wiring: one shared durable pull consumer, N processes."""
+
+import asyncio
+import contextlib
+
+from faststream.nats import NatsMessage
+from keel_contracts import subjects as s
+from keel_contracts.commands import ExecuteStep
+from keel_contracts.events import StepFailed, StepSucceeded
+from keel_shared.consuming import Redeliver
+from keel_shared.eventstore import EventStore
+from keel_shared.logging import bound_context
+from keel_shared.service import ServiceRuntime
+from keel_shared.settings import KeelSettings
+
+from keel_executor.claims import ClaimLost, KvClaims
+from keel_executor.execution import Executor
+from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
+from keel_executor.outcomes import StreamOutcomes
+from keel_executor.tools.registry import ToolRegistry
+
+
+async def _heartbeat(msg: NatsMessage, every: float) -> None:
+    # Keeps the command ours while the tool runs longer than ack_wait; stops when the tool does, so
+    # a crashed process lets the server hand the command to another executor.
+    while True:
+        await asyncio.sleep(every)
+        await msg.in_progress()
+
+
+def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceRuntime:
+    runtime = ServiceRuntime(s.EXECUTOR, settings, graceful_timeout=max(30.0, settings.default_step_timeout))
+    registry = tools or ToolRegistry.from_entry_points()
+    executor: Executor | None = None
+
+    async def get_executor() -> Executor:
+        nonlocal executor
+        if executor is None:
+            store = EventStore(runtime.nc, runtime.js, s.EXECUTOR, timeout=settings.publish_timeout)
+            executor = Executor(
+                registry,
+                KvClaims(await runtime.kv(s.CLAIMS_BUCKET)),
+                StreamOutcomes(store),
+                runtime.instance_id,
+                str(settings.data_dir),
+            )
+        return executor
+
+    @runtime.pull_subscriber(
+        s.EXECUTE_ALL,
+        stream=s.COMMANDS_STREAM,
+        durable=s.EXECUTOR_DURABLE,
+        batch_size=settings.executor_concurrency,
+        description="Run one attempt of a tool step and record its outcome on the run",
+    )
+    async def on_execute(cmd: ExecuteStep, msg: NatsMessage) -> None:
+        with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
+            beat = asyncio.create_task(_heartbeat(msg, settings.heartbeat_seconds))
+            try:
+                result = await (await get_executor()).execute(cmd)
+            except ClaimLost as exc:
+                raise Redeliver(settings.ack_wait_seconds, str(exc)) from exc
+            finally:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+            outcome = result.outcome
+            if isinstance(outcome, StepSucceeded | StepFailed):
+                error_class = outcome.body.error_class if isinstance(outcome, StepFailed) else ""
+                ATTEMPTS.labels(cmd.body.tool, outcome.type.removeprefix("step_"), str(error_class)).inc()
+                elapsed = (outcome.body.finished_at - outcome.body.started_at).total_seconds()
+                TOOL_SECONDS.labels(cmd.body.tool).observe(elapsed)
+
+    return runtime

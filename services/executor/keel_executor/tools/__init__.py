@@ -1,0 +1,1 @@
+"""Tool adapters: the registry and the built-in tools."""

@@ -1,0 +1,13 @@
+"""Entry point: `python -m keel_router` (or `keel-router`)."""
+
+from keel_shared.service import setup
+
+from keel_router.app import build
+
+
+def main() -> None:
+    build(setup("router")).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Router metrics. Labels are workflow names and states: bounded sets, never run ids."""
+
+from prometheus_client import Counter
+
+RUNS_STARTED = Counter("keel_runs_started_total", "Runs started, by workflow.", ["workflow"])
+RUNS_FINISHED = Counter("keel_runs_finished_total", "Runs that reached a final state.", ["workflow", "state"])
+TRIGGERS_JOINED = Counter(
+    "keel_triggers_joined_total", "Triggers that joined an existing run (same intent key).", ["workflow"]
+)
+TRANSITIONS = Counter("keel_run_transitions_total", "Run state changes, by the state entered.", ["workflow", "state"])
+RETRIES_SCHEDULED = Counter(
+    "keel_retries_scheduled_total", "Retries scheduled, by error class.", ["workflow", "error_class"]
+)

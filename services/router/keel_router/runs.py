@@ -1,0 +1,93 @@
+"""Loading runs from the event stream and storing their transitions, one writer at a time per run.
+
+A run's state is cached after it is folded; before every decision the events stored since the cached
+sequence are read and folded in, so the cache can be stale but never wrong. Appends carry the run's
+last sequence: if anyone wrote in between, the append is refused, the run re-read and the decision
+made again.
+"""
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from keel_contracts import subjects as s
+from keel_contracts.codec import ContractViolation, decode_event
+from keel_contracts.envelope import Message
+from keel_shared.eventstore import BatchAlreadyStored, ConcurrencyConflict, EventStore
+from keel_shared.logging import get_logger
+
+from keel_router.aggregate import RunState, apply
+
+log = get_logger(__name__)
+
+MAX_CONFLICT_RETRIES = 20
+
+
+class RunRepository:
+    def __init__(self, store: EventStore, cache_size: int = 10_000) -> None:
+        self._store = store
+        self._cache: OrderedDict[str, RunState] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, run_id: str) -> asyncio.Lock:
+        """Serialises this process's decisions on one run (other processes are held off by the
+        sequence check)."""
+        lock = self._locks.get(run_id)
+        if lock is None:
+            if len(self._locks) > self._cache_size:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[run_id] = asyncio.Lock()
+        return lock
+
+    def forget(self, run_id: str) -> None:
+        self._cache.pop(run_id, None)
+
+    async def load(self, workflow: str, run_id: str) -> RunState | None:
+        cached = self._cache.get(run_id)
+        after = cached.last_seq if cached else 0
+        state = cached
+        for stored in await self._store.read(s.run_filter(workflow, run_id), after_seq=after):
+            try:
+                event = decode_event(stored.data)
+            except ContractViolation as exc:
+                # Stored events are immutable: one this version cannot read is skipped, not fatal.
+                log.warning("unreadable_event", seq=stored.seq, subject=stored.subject, reason=exc.reason)
+                continue
+            state = apply(state, stored.seq, event)
+        if state is not None:
+            self._remember(state)
+        return state
+
+    def _remember(self, state: RunState) -> None:
+        self._cache[state.run_id] = state
+        self._cache.move_to_end(state.run_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def transact(
+        self,
+        workflow: str,
+        run_id: str,
+        decide: Callable[[RunState | None], Sequence[Message]],
+    ) -> tuple[RunState | None, RunState | None]:
+        """Decide on the current state and store the decision. Returns (state decided on, state after
+        the decision); both are the same object when there was nothing to decide."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            state = await self.load(workflow, run_id)
+            events = list(decide(state))
+            if not events:
+                return state, state
+            try:
+                last_seq = await self._store.append(events, state.last_seq if state else 0)
+            except (ConcurrencyConflict, BatchAlreadyStored) as exc:
+                log.info("append_conflict", run_id=run_id, detail=str(exc))
+                continue
+            first_seq = last_seq - len(events) + 1  # a batch is stored contiguously
+            after = state
+            for offset, event in enumerate(events):
+                after = apply(after, first_seq + offset, event)
+            assert after is not None
+            self._remember(after)
+            return state, after
+        raise ConcurrencyConflict(f"run {run_id}: still conflicting after {MAX_CONFLICT_RETRIES} attempts")

@@ -1,0 +1,126 @@
+"""The guard every Keel consumer runs behind: bad input is dead-lettered, never crashes, never blocks.
+
+For each delivered message, in this order:
+- larger than the limit: dead-letter (`too_large`) and terminate;
+- delivered more often than `max_deliveries` (a poison message that keeps killing or failing its
+  handler): dead-letter (`max_deliveries`) and terminate, before the handler sees it again;
+- the handler raises `ContractViolation` or a pydantic `ValidationError` (including FastStream's own
+  argument validation): dead-letter with the reason and terminate;
+- the handler raises `Redeliver`: negative-ack with the delay it asks for;
+- any other exception: logged, negative-ack with a delay growing with the delivery count, so the
+  messages behind it keep flowing and a transient fault heals by itself;
+- the handler returns: ack (unless it settled the message itself).
+
+The consumer's own `max_deliver` is left unlimited on purpose: when the server gives up on a message
+it leaves it stuck in a WorkQueue and only sends an advisory that nobody may be listening to. Counting
+deliveries here dead-letters every poison message, whatever happened to the previous deliveries.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.nats import NatsMessage
+from keel_contracts.codec import ContractViolation
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from keel_shared.deadletters import dead_letter
+from keel_shared.logging import bound_context, get_logger
+from keel_shared.metrics import HANDLER_SECONDS, MESSAGES_HANDLED
+from keel_shared.settings import KeelSettings
+
+log = get_logger(__name__)
+
+
+class Redeliver(Exception):
+    """Ask for the message again after `delay` seconds (the work could not be done yet)."""
+
+    def __init__(self, delay: float, why: str) -> None:
+        super().__init__(why)
+        self.delay = delay
+
+
+def _classify(exc: ValidationError, data: bytes, limit: int = 5) -> tuple[str, str]:
+    """(reason, detail) for a message FastStream could not bind to the handler's typed argument."""
+    try:
+        json.loads(data)
+    except ValueError as bad:
+        return "malformed_json", f"not valid JSON: {bad}"
+    # Locations start with the handler's parameter name, which means nothing to the sender.
+    parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or '(message)'}: {e['msg']}" for e in exc.errors()[:limit]]
+    if exc.error_count() > limit:
+        parts.append(f"... and {exc.error_count() - limit} more")
+    return "invalid", "; ".join(parts)
+
+
+def guard_middleware(
+    service: str, settings: KeelSettings, js_getter: Callable[[], JetStreamContext]
+) -> type[BaseMiddleware]:
+    max_bytes = settings.max_message_bytes
+    max_deliveries = settings.max_deliveries
+    backoff = settings.redelivery_backoff
+
+    class Guard(BaseMiddleware):
+        async def consume_scope(self, call_next: Callable[[Any], Any], msg: NatsMessage) -> Any:  # type: ignore[override]
+            raw: Msg = msg.raw_message
+            meta = raw.metadata
+            consumer = meta.consumer or "?"
+            delivered = meta.num_delivered or 1
+            started = time.perf_counter()
+
+            async def refuse(reason: str, detail: str) -> None:
+                await dead_letter(
+                    js_getter(),
+                    service=service,
+                    consumer=consumer,
+                    reason=reason,
+                    detail=detail,
+                    subject=raw.subject,
+                    data=raw.data,
+                    headers=raw.headers,
+                    stream=meta.stream,
+                    stream_seq=meta.sequence.stream if meta.sequence else None,
+                    num_delivered=delivered,
+                )
+                await msg.reject()
+                MESSAGES_HANDLED.labels(service, consumer, "dead_letter").inc()
+
+            with bound_context(subject=raw.subject, delivery=delivered):
+                try:
+                    if len(raw.data) > max_bytes:
+                        await refuse("too_large", f"message is {len(raw.data)} bytes, the limit is {max_bytes}")
+                        return None
+                    if delivered > max_deliveries:
+                        await refuse("max_deliveries", f"delivered {delivered} times without being handled")
+                        return None
+                    try:
+                        result = await call_next(msg)
+                    except ContractViolation as exc:
+                        await refuse(exc.reason, exc.detail)
+                        return None
+                    except ValidationError as exc:
+                        await refuse(*_classify(exc, raw.data))
+                        return None
+                    except Redeliver as exc:
+                        await msg.nack(delay=exc.delay)
+                        MESSAGES_HANDLED.labels(service, consumer, "nak").inc()
+                        log.info("redeliver", why=str(exc), delay=exc.delay)
+                        return None
+                    except Exception:
+                        delay = backoff[min(delivered - 1, len(backoff) - 1)]
+                        log.exception("handler_failed", retry_in=delay)
+                        await msg.nack(delay=delay)
+                        MESSAGES_HANDLED.labels(service, consumer, "nak").inc()
+                        return None
+                    if not msg.committed:
+                        await msg.ack()
+                    MESSAGES_HANDLED.labels(service, consumer, "ack").inc()
+                    return result
+                finally:
+                    HANDLER_SECONDS.labels(service, consumer).observe(time.perf_counter() - started)
+
+    return Guard

@@ -1,0 +1,193 @@
+"""Creating Keel's streams, buckets and durable consumers: an admin step (`keel init`, or `keel up`).
+
+Services bind to what exists and never create or change streams, so their NATS identities need no
+stream-management rights. Running this twice is harmless: it creates what is missing and updates
+what may be updated.
+"""
+
+from dataclasses import dataclass
+
+from keel_contracts import subjects as s
+from keel_contracts import timers as t
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from keel_shared.settings import KeelSettings
+
+
+def events_stream(settings: KeelSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.EVENTS_STREAM,
+        description="Keel run events: the immutable truth of every run",
+        subjects=[s.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        # A full log must refuse new events loudly, never drop old evidence.
+        discard=DiscardPolicy.NEW,
+        max_bytes=settings.events_max_bytes,
+        max_msg_size=settings.max_message_bytes,
+        duplicate_window=settings.dedupe_window_seconds,
+        deny_delete=True,
+        deny_purge=True,
+        allow_direct=True,
+        allow_atomic=True,
+        republish=RePublish(src=s.EVENTS_ALL, dest=f"{s.LIVE_PREFIX}.run.>"),
+    )
+
+
+def commands_stream(settings: KeelSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.COMMANDS_STREAM,
+        description="Keel commands and triggers: work for one service each",
+        subjects=[s.COMMANDS_ALL, s.TRIGGERS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_msg_size=settings.max_message_bytes,
+        duplicate_window=settings.dedupe_window_seconds,
+    )
+
+
+def timers_stream(settings: KeelSettings) -> StreamConfig:
+    # Kept apart from KEEL_EVENTS: enabling schedules clears deny_purge, and timers must be cancellable.
+    return StreamConfig(
+        name=t.TIMERS_STREAM,
+        description="Keel durable timers (message schedules): retry backoff, waits, expiries",
+        subjects=[t.TIMERS_SCHEDULE_ALL, t.TIMERS_FIRE_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        allow_msg_schedules=True,
+        # No max_age: it would delete a schedule whose delay is longer. Fired copies carry a TTL instead.
+        allow_msg_ttl=True,
+    )
+
+
+def dlq_stream(settings: KeelSettings) -> StreamConfig:
+    return StreamConfig(
+        name=s.DLQ_STREAM,
+        description="Keel dead letters: refused messages, kept whole with their reason",
+        subjects=[s.DLQ_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        deny_delete=True,
+        allow_direct=True,
+    )
+
+
+@dataclass(frozen=True)
+class DurableSpec:
+    stream: str
+    config: ConsumerConfig
+
+
+def durables(settings: KeelSettings) -> list[DurableSpec]:
+    ack_wait = settings.ack_wait_seconds
+    return [
+        DurableSpec(
+            s.COMMANDS_STREAM,
+            ConsumerConfig(
+                durable_name=s.ROUTER_TRIGGERS_DURABLE,
+                filter_subject=s.TRIGGERS_ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
+            ),
+        ),
+        DurableSpec(
+            s.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=s.ROUTER_EVENTS_DURABLE,
+                # The router reacts to what other services report; its own events it already knows.
+                filter_subjects=[s.emitter_filter(s.EXECUTOR)],
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
+            ),
+        ),
+        DurableSpec(
+            t.TIMERS_STREAM,
+            ConsumerConfig(
+                durable_name=t.ROUTER_TIMERS_DURABLE,
+                filter_subject=t.TIMERS_FIRE_ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
+            ),
+        ),
+        DurableSpec(
+            s.COMMANDS_STREAM,
+            ConsumerConfig(
+                durable_name=s.EXECUTOR_DURABLE,
+                filter_subject=s.EXECUTE_ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                # Long tool calls keep the message with in-progress heartbeats, so ack_wait stays short
+                # and a crashed executor's work is picked up quickly by another.
+                ack_wait=ack_wait,
+                max_ack_pending=256,
+            ),
+        ),
+    ]
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(config)
+
+
+async def provision(js: JetStreamContext, settings: KeelSettings) -> None:
+    for config in (
+        events_stream(settings),
+        commands_stream(settings),
+        timers_stream(settings),
+        dlq_stream(settings),
+    ):
+        await _ensure_stream(js, config)
+    await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=s.RUNS_BUCKET,
+            description="Live run-state view (a projection of KEEL_EVENTS)",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+        ),
+    )
+    await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=s.CLAIMS_BUCKET,
+            description="Executor claims: one per command dedupe key",
+            history=1,
+            ttl=settings.claims_ttl_seconds,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+        ),
+    )
+    for spec in durables(settings):
+        await js.add_consumer(spec.stream, spec.config)

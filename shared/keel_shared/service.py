@@ -1,0 +1,122 @@
+"""What every Keel service process shares: broker, guard, logs, metrics and health, graceful stop.
+
+A service module builds a `ServiceRuntime`, registers its subscribers on `runtime.broker`, and calls
+`runtime.run()`. FastStream handles SIGINT/SIGTERM: it stops fetching, waits up to `graceful_timeout`
+for running handlers, then drains the connection; unacked messages are redelivered to another process.
+"""
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import FastStream
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from keel_shared.connection import inbox_prefix, make_broker
+from keel_shared.consuming import guard_middleware
+from keel_shared.logging import configure_logging, get_logger
+from keel_shared.metrics import UP, MetricsServer
+from keel_shared.settings import KeelSettings
+
+log = get_logger(__name__)
+
+
+def default_instance_id(service: str) -> str:
+    return f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+class ServiceRuntime:
+    def __init__(self, name: str, settings: KeelSettings, graceful_timeout: float = 30.0) -> None:
+        self.name = name
+        self.settings = settings
+        self.instance_id = settings.instance_id or default_instance_id(name)
+        self.broker: NatsBroker = make_broker(settings, name, graceful_timeout=graceful_timeout)
+        self.broker.add_middleware(guard_middleware(name, settings, lambda: self.js))
+        self.app = FastStream(self.broker, logger=None)
+        self._metrics: MetricsServer | None = None
+        self._js: JetStreamContext | None = None
+        self._kv: dict[str, KeyValue] = {}
+        self._kv_lock = asyncio.Lock()
+        self._stopping = False
+        self.app.on_startup(self._on_startup)
+        self.app.after_startup(self._after_startup)
+        self.app.on_shutdown(self._on_shutdown)
+
+    # --- connections ---------------------------------------------------------------------------
+    @property
+    def nc(self) -> Client:
+        return self.broker.connection
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=self.settings.publish_timeout)
+        return self._js
+
+    async def kv(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            async with self._kv_lock:
+                if bucket not in self._kv:
+                    self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
+
+    # --- subscribers ---------------------------------------------------------------------------
+    def pull_subscriber(
+        self, subject: str, *, stream: str, durable: str, batch_size: int, description: str
+    ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+        """A subscriber bound to a durable consumer that `keel init` provisioned; never creates one."""
+        from faststream.middlewares import AckPolicy
+
+        return self.broker.subscriber(
+            subject,
+            stream=JStream(stream, declare=False),
+            durable=durable,
+            config=ConsumerConfig(durable_name=durable),
+            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            inbox_prefix=f"{inbox_prefix(self.name)}.".encode(),
+            ack_policy=AckPolicy.MANUAL,
+            description=description,
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        connected = bool(self.broker._connection and self.broker._connection.is_connected)
+        status = "ok" if connected and not self._stopping else "unavailable"
+        return {
+            "status": status,
+            "service": self.name,
+            "instance": self.instance_id,
+            "nats_connected": connected,
+        }
+
+    async def _on_startup(self) -> None:
+        if self.settings.metrics_port:
+            self._metrics = MetricsServer(self.settings.metrics_host, self.settings.metrics_port, self.health)
+            self._metrics.start()
+
+    async def _after_startup(self) -> None:
+        UP.labels(self.name).set(1)
+        log.info("service_started", instance=self.instance_id, nats_url=self.settings.nats_url)
+
+    async def _on_shutdown(self) -> None:
+        self._stopping = True
+        UP.labels(self.name).set(0)
+        log.info("service_stopping")
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.app.run())
+        finally:
+            if self._metrics is not None:
+                self._metrics.stop()
+
+
+def setup(name: str) -> KeelSettings:
+    settings = KeelSettings()
+    configure_logging(name, settings.log_level, settings.log_format)
+    return settings
