@@ -20,12 +20,14 @@ from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 from nats.errors import Error as NatsError
 
 from keel_cli import render
+from keel_router.workflow import cli as workflow_cli
 from keel_cli.client import KeelClient, KeelError, TriggerRejected
 from keel_cli.stack import Stack
 
 app = typer.Typer(help="Keel: a durable control layer for AI agents that act on real systems.", no_args_is_help=True)
 run_app = typer.Typer(help="Inspect one run.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+app.add_typer(workflow_cli.app, name="workflow", help="Validate and list workflow files.")
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keel_shared.connection import connect
-from keel_shared.natsserver import NatsServer
+from keel_shared.natsserver import NatsServer, free_port
 from keel_shared.provisioning import provision
 from keel_shared.settings import KeelSettings
 
@@ -40,11 +40,14 @@ class Child:
 
 
 def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
-    specs = [ServiceSpec("router", "keel_router", http_port + 1)]
+    """Router on http_port+1, executors after it. http_port 0 gives every service a free port."""
+
+    def port(offset: int) -> int:
+        return free_port() if http_port == 0 else http_port + offset
+
+    specs = [ServiceSpec("router", "keel_router", port(1))]
     for i in range(executors):
-        specs.append(
-            ServiceSpec("executor", "keel_executor", http_port + 2 + i, instance=i + 1 if executors > 1 else 0)
-        )
+        specs.append(ServiceSpec("executor", "keel_executor", port(2 + i), instance=i + 1 if executors > 1 else 0))
     return specs
 
 
@@ -142,6 +145,27 @@ class Stack:
                         self._spawn(child.spec, restarts=child.restarts + 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+    def kill(self, label: str) -> None:
+        """SIGKILL one service, as a crash would. The supervisor (if running) restarts it."""
+        child = self.children[label]
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+
+    def restart(self, label: str) -> Child:
+        child = self.children[label]
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            child.proc.wait(35)
+        return self._spawn(child.spec, restarts=child.restarts + 1)
+
+    def add_executor(self) -> Child:
+        """One more executor process on the shared durable consumer (horizontal scale-out)."""
+        count = sum(1 for c in self.children.values() if c.spec.name == "executor")
+        spec = ServiceSpec("executor", "keel_executor", free_port(), instance=count + 1)
+        self.specs.append(spec)
+        return self._spawn(spec)
 
     def stop(self, timeout: float = 35.0) -> None:
         self._stopping = True

@@ -200,12 +200,8 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 ),
             )
         case RouteDecided():
-            writes: list[tuple[str, JsonValue]] = []
-            if event.body.error_path is not None:
-                writes.append((event.body.error_path, dict(event.body.error or {})))
-            if event.body.result_path is not None:
-                writes.append((event.body.result_path, event.body.result))
-            route = Route(event.step_id or "", event.body.kind, event.body.to_step, tuple(writes))
+            writes = tuple(event.body.writes.items())
+            route = Route(event.step_id or "", event.body.kind, event.body.to_step, writes)
             return replace(
                 base,
                 routes=(*state.routes, route),

@@ -41,6 +41,7 @@ from keel_router.workflow.conditions import evaluate_choice
 from keel_router.workflow.errors import RunDataError
 from keel_router.workflow.models import ChoiceStep, FailStep, SucceedStep, ToolStep, Workflow
 from keel_router.workflow.retry import match_catcher, plan_retry
+from keel_router.workflow.runtime import catch_writes
 from keel_router.workflow.templating import make_context, render, set_path
 
 #: Guard against a workflow whose choices loop without ever running a tool.
@@ -188,26 +189,14 @@ class Engine:
         catcher = match_catcher(step.catch, error_class)
         if catcher is not None:
             why = f"{step.id} failed with {error_class} ({(last.error or '')[:200]}); caught, going to {catcher.next}"
-            error_doc: dict[str, JsonValue] = {"error_class": str(error_class), "message": last.error or ""}
-            result: JsonValue = None
-            result_path = None
-            if catcher.has_fallback_result:
-                try:
-                    result = render(catcher.fallback_result, self._context(state))
-                except RunDataError as exc:
-                    return [self._fail(state, f"fallback result of {step.id}: {exc}", error_class, step.id)]
-                result_path = step.output_path
+            error_doc: dict[str, JsonValue] = {"error": str(error_class), "message": last.error or ""}
+            try:
+                writes = catch_writes(step, catcher, error_doc, self._context(state))
+            except RunDataError as exc:
+                return [self._fail(state, f"fallback result of {step.id}: {exc}", error_class, step.id)]
             route = RouteDecided(
                 **self._env(state, f"{state.run_id}:{step.id}:{last.attempt}:caught", causation_id, step_id=step.id),
-                body=RouteDecidedBody(
-                    kind="catch",
-                    to_step=catcher.next,
-                    why=why,
-                    error_path=catcher.error_path(step.id),
-                    error=error_doc,
-                    result_path=result_path,
-                    result=result,
-                ),
+                body=RouteDecidedBody(kind="catch", to_step=catcher.next, why=why, writes=writes),
             )
             routed = apply(state, state.last_seq + 1, route)
             assert routed is not None
