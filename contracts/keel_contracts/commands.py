@@ -6,13 +6,9 @@ before any side effect, so a command redelivered or published twice does its wor
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import Field, JsonValue
 
-from keel_contracts.envelope import KeyText, Message, Token
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+from keel_contracts.envelope import Body, KeyText, Message, Token
 
 
 class TriggerRunBody(Body):
@@ -37,6 +33,11 @@ class ExecuteStepBody(Body):
     input: dict[str, JsonValue]
     idempotency_key: KeyText
     timeout_seconds: Annotated[float, Field(gt=0)]
+    side_effect: Literal["read", "write"] = "read"
+    # Set when an approval gates this write: the executor refuses to run it unless the payload it is
+    # about to send hashes to exactly what was approved.
+    approval_id: Annotated[str, Field(max_length=512)] | None = None
+    approved_payload_hash: Annotated[str, Field(max_length=80)] | None = None
 
 
 class ExecuteStep(Message):

@@ -62,3 +62,9 @@ class Message(BaseModel):
     tenant: Token = "default"
     occurred_at: datetime = Field(default_factory=utcnow)
     dedupe_key: KeyText
+
+
+class Body(BaseModel):
+    """Base of every message body: immutable, unknown fields ignored (additive evolution)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")

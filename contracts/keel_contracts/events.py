@@ -6,14 +6,11 @@ The run's state is a fold of these events; nothing else is authoritative.
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import Field, JsonValue
 
-from keel_contracts.envelope import KeyText, Message, ShortText, Token
+from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 from keel_contracts.errors import ErrorClass
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class RunStartedBody(Body):
@@ -111,11 +108,9 @@ class RouteDecidedBody(Body):
     kind: Literal["choice", "catch"]
     to_step: Token | None
     why: Annotated[str, Field(max_length=4096)]
-    # For a catch: where the error goes in run data, the error itself, and an optional fallback result.
-    error_path: Annotated[str, Field(max_length=256)] | None = None
-    error: dict[str, JsonValue] | None = None
-    result_path: Annotated[str, Field(max_length=256)] | None = None
-    result: JsonValue = None
+    # Run data the decision stores, by result path: for a catch, the error (default errors.<step>)
+    # and, when the catcher declares one, the fallback result at the step's result path.
+    writes: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class RouteDecided(Message):
@@ -156,7 +151,11 @@ RunEvent = Annotated[
     | RetryScheduled
     | RouteDecided
     | RunCompleted
-    | RunFailed,
+    | RunFailed
+    | ApprovalRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | ApprovalExpired,
     Field(discriminator="type"),
 ]
 
@@ -172,6 +171,10 @@ EVENT_TYPES: dict[str, type[Message]] = {
         RouteDecided,
         RunCompleted,
         RunFailed,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalDenied,
+        ApprovalExpired,
     )
 }
 

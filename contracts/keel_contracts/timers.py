@@ -9,8 +9,7 @@ twice, is harmless: the router acts on it only while the run still waits for exa
 from datetime import datetime
 from typing import Literal
 
-from keel_contracts.envelope import Message
-from keel_contracts.events import Body
+from keel_contracts.envelope import Body, Message
 
 TIMERS_STREAM = "KEEL_TIMERS"
 TIMERS_SCHEDULE_ALL = "keel.timer.sched.>"

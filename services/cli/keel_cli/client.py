@@ -14,6 +14,13 @@ from types import TracebackType
 from typing import Any
 
 import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from pydantic import JsonValue
+
 from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode, decode_event
 from keel_contracts.deadletter import DeadLetter
@@ -23,12 +30,6 @@ from keel_contracts.runs import RunView, view_key
 from keel_shared.eventstore import EventStore
 from keel_shared.publishing import publish_message
 from keel_shared.triggers import build_trigger
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
-from pydantic import JsonValue
 
 
 class KeelError(Exception):

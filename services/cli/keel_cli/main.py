@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from nats.errors import Error as NatsError
+
+from keel_cli import render
+from keel_cli.client import KeelClient, KeelError, TriggerRejected
+from keel_cli.stack import Stack
 from keel_contracts import subjects as s
 from keel_contracts.runs import RunStatus
+from keel_router.workflow import cli as workflow_cli
 from keel_shared.connection import connect
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
-from nats.errors import Error as NatsError
-
-from keel_cli import render
-from keel_router.workflow import cli as workflow_cli
-from keel_cli.client import KeelClient, KeelError, TriggerRejected
-from keel_cli.stack import Stack
 
 app = typer.Typer(help="Keel: a durable control layer for AI agents that act on real systems.", no_args_is_help=True)
 run_app = typer.Typer(help="Inspect one run.", no_args_is_help=True)

@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from keel_contracts.runs import RunView
-
 from keel_cli.client import TimelineEntry
+from keel_contracts.runs import RunView
 
 
 def _summary(entry: TimelineEntry) -> str:

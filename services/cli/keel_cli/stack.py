@@ -61,6 +61,7 @@ class Stack:
         executors: int = 1,
         workflows_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        settings: KeelSettings | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.http_port = http_port
@@ -69,6 +70,8 @@ class Stack:
         self.specs = service_specs(http_port, executors)
         self.workflows_dir = (workflows_dir or Path("workflows")).resolve()
         self.extra_env = extra_env or {}
+        # Provisioning settings (replicas, ack wait, dedupe window); the URL is always this stack's.
+        self._settings = settings or KeelSettings()
         self.children: dict[str, Child] = {}
         self._stopping = False
 
@@ -113,9 +116,10 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.server is not None:
             self.server.start()
-        nc = await connect(KeelSettings(nats_url=self.nats_url), "admin", retry_initial=False, quiet=True)
+        settings = self._settings.model_copy(update={"nats_url": self.nats_url})
+        nc = await connect(settings, "admin", retry_initial=False, quiet=True)
         try:
-            await provision(nc.jetstream(), KeelSettings(nats_url=self.nats_url))
+            await provision(nc.jetstream(), settings)
         finally:
             await nc.close()
         for spec in self.specs:

@@ -1,8 +1,7 @@
 """Entry point: `python -m keel_executor` (or `keel-executor`)."""
 
-from keel_shared.service import setup
-
 from keel_executor.app import build
+from keel_shared.service import setup
 
 
 def main() -> None:

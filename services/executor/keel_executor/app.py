@@ -4,20 +4,20 @@ import asyncio
 import contextlib
 
 from faststream.nats import NatsMessage
+
 from keel_contracts import subjects as s
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.events import StepFailed, StepSucceeded
-from keel_shared.consuming import Redeliver
-from keel_shared.eventstore import EventStore
-from keel_shared.logging import bound_context
-from keel_shared.service import ServiceRuntime
-from keel_shared.settings import KeelSettings
-
 from keel_executor.claims import ClaimLost, KvClaims
 from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
 from keel_executor.tools.registry import ToolRegistry
+from keel_shared.consuming import Redeliver
+from keel_shared.eventstore import EventStore
+from keel_shared.logging import bound_context
+from keel_shared.service import ServiceRuntime
+from keel_shared.settings import KeelSettings
 
 
 async def _heartbeat(msg: NatsMessage, every: float) -> None:

@@ -38,6 +38,12 @@ class StepTimeoutError(ToolError):
     error_class = ErrorClass.TIMEOUT
 
 
+class RefusedError(ToolError):
+    """Keel's own guard refused the attempt before it reached the tool (e.g. an unapproved payload)."""
+
+    error_class = ErrorClass.REFUSED
+
+
 class UnknownToolError(PermanentError):
     pass
 

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydantic import JsonValue
+
 from keel_contracts import subjects as s
+from keel_contracts.approvals import payload_hash
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
 from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded, StepSucceededBody
-from keel_shared.logging import get_logger
-from pydantic import JsonValue
-
 from keel_executor.claims import Claims, ClaimState
-from keel_executor.errors import StepTimeoutError, ToolError, classify
+from keel_executor.errors import RefusedError, StepTimeoutError, ToolError, classify
 from keel_executor.tools.registry import ToolContext, ToolRegistry
+from keel_shared.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -110,6 +111,13 @@ class Executor:
             data_dir=self._data_dir,
         )
         try:
+            if body.approved_payload_hash is not None:
+                actual = payload_hash(dict(body.input))
+                if actual != body.approved_payload_hash:
+                    raise RefusedError(
+                        f"payload hash {actual} differs from the approved {body.approved_payload_hash} "
+                        f"(approval {body.approval_id}): a changed payload needs a new approval"
+                    )
             tool = self._tools.get(body.tool)
             try:
                 async with asyncio.timeout(body.timeout_seconds):

@@ -8,9 +8,8 @@ from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode_event
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
-from keel_shared.eventstore import EventStore
-
 from keel_executor.execution import outcome_key
+from keel_shared.eventstore import EventStore
 
 
 class StreamOutcomes:

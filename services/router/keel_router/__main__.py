@@ -1,8 +1,7 @@
 """Entry point: `python -m keel_router` (or `keel-router`)."""
 
-from keel_shared.service import setup
-
 from keel_router.app import build
+from keel_shared.service import setup
 
 
 def main() -> None:

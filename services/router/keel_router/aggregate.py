@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from pydantic import JsonValue
+
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
@@ -23,7 +25,6 @@ from keel_contracts.events import (
     TriggerJoined,
 )
 from keel_contracts.runs import RunStatus, RunView
-from pydantic import JsonValue
 
 
 @dataclass(frozen=True)

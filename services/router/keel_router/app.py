@@ -4,21 +4,21 @@ timers and the run-state view out."""
 from datetime import UTC, datetime
 
 from faststream.nats import NatsMessage
+
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.commands import TriggerRun
 from keel_contracts.runs import RunView, view_key
 from keel_contracts.timers import TimerFired
-from keel_shared.eventstore import EventStore
-from keel_shared.publishing import publish_with_retry
-from keel_shared.service import ServiceRuntime
-from keel_shared.settings import KeelSettings
-
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
+from keel_shared.eventstore import EventStore
+from keel_shared.publishing import publish_with_retry
+from keel_shared.service import ServiceRuntime
+from keel_shared.settings import KeelSettings
 
 
 def _redelivered(msg: NatsMessage) -> bool:

@@ -8,11 +8,10 @@ added while the router runs is picked up without a restart.
 import time
 from pathlib import Path
 
-from keel_shared.logging import get_logger
-
 from keel_router.workflow.errors import WorkflowError
 from keel_router.workflow.loader import load_workflow, workflow_files
 from keel_router.workflow.models import Workflow
+from keel_shared.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from pydantic import JsonValue
+
 from keel_contracts import subjects as s
 from keel_contracts import timers
 from keel_contracts.commands import ExecuteStep, ExecuteStepBody, TriggerRun
@@ -34,8 +36,6 @@ from keel_contracts.events import (
     TriggerJoinedBody,
 )
 from keel_contracts.timers import TimerBody, TimerFired
-from pydantic import JsonValue
-
 from keel_router.aggregate import Attempt, RunState, apply
 from keel_router.workflow.conditions import evaluate_choice
 from keel_router.workflow.errors import RunDataError

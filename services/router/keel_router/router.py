@@ -7,19 +7,19 @@ fakes and the same code runs behind FastStream in production.
 from collections.abc import Awaitable, Callable, Sequence
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
 from keel_contracts.codec import ContractViolation
 from keel_contracts.commands import TriggerRun
 from keel_contracts.envelope import Message, run_id_for
 from keel_contracts.runs import RunView
 from keel_contracts.timers import TimerFired
-from keel_shared.logging import bound_context, get_logger
-
 from keel_router.aggregate import RunState
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.metrics import RETRIES_SCHEDULED, RUNS_FINISHED, RUNS_STARTED, TRANSITIONS, TRIGGERS_JOINED
 from keel_router.runs import RunRepository
 from keel_router.workflow.models import Workflow
+from keel_shared.logging import bound_context, get_logger
 
 log = get_logger(__name__)
 

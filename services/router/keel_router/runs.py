@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode_event
 from keel_contracts.envelope import Message
+from keel_router.aggregate import RunState, apply
 from keel_shared.eventstore import BatchAlreadyStored, ConcurrencyConflict, EventStore
 from keel_shared.logging import get_logger
-
-from keel_router.aggregate import RunState, apply
 
 log = get_logger(__name__)
 

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
-from keel_contracts.errors import ErrorClass
 from pydantic import JsonValue
 from sqlalchemy import DateTime, Engine, Integer, String, create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from keel_executor.errors import ToolError
+from keel_contracts.errors import ErrorClass
+from keel_executor.errors import ToolError, TransientError
 from keel_executor.tools.registry import ToolContext
 
 
@@ -133,6 +133,27 @@ async def ledger(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, Json
         await asyncio.sleep(float(delay))
     effect_id, replayed = await asyncio.to_thread(_apply, url, ctx, account, amount)
     return {"effect_id": effect_id, "replayed": replayed, "account": account, "amount": amount}
+
+
+async def flaky(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """Fail transiently the first `fail_times` calls for an idempotency key, then post like `ledger`.
+    Calls are counted in the ledger database, so the count survives executor restarts."""
+    fail_times = data.get("fail_times", 1)
+    if not isinstance(fail_times, int) or fail_times < 0:
+        raise ToolError("demo.flaky needs fail_times (a non-negative integer)")
+    url = ledger_url(ctx.data_dir)
+    await asyncio.to_thread(_record_invocation, url, ctx)
+    calls = await asyncio.to_thread(_invocations_for_key, url, ctx.idempotency_key)
+    if calls <= fail_times:
+        raise TransientError(f"demo.flaky: call {calls} of {fail_times} planned failures")
+    effect_id, replayed = await asyncio.to_thread(_apply, url, ctx, str(data.get("account", "flaky")), 1)
+    return {"effect_id": effect_id, "replayed": replayed, "calls": calls}
+
+
+def _invocations_for_key(url: str, key: str) -> int:
+    with Session(ledger_engine(url)) as session:
+        query = select(func.count()).select_from(Invocation).where(Invocation.idempotency_key == key)
+        return session.scalar(query) or 0
 
 
 def ledger_counts(url: str, run_id: str | None = None) -> dict[str, int]:

@@ -1,0 +1,95 @@
+"""Approval events: a write waits for a named role to approve its exact payload.
+
+The router emits `approval_requested` when a run reaches an approval gate (a workflow's approval step,
+or a policy that says the write's action class always needs one). The approval service records it,
+shows it to approvers, and emits the decision on the run's subject with emitter `approval`. The
+decision binds to `payload_hash`: approving unlocks that exact write once; a changed payload needs a
+new approval.
+"""
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, JsonValue
+
+from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
+
+
+def payload_hash(payload: JsonValue) -> str:
+    """SHA-256 of the canonical JSON of a payload (sorted keys, no whitespace, UTF-8): what an
+    approval binds to. Every service computes it with this function."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ApprovalTarget(Body):
+    """Where the write goes: the system of record, the operation and, if known, the record."""
+
+    system: Annotated[str, Field(max_length=128)]
+    operation: Annotated[str, Field(max_length=128)]
+    record: Annotated[str, Field(max_length=512)] | None = None
+    link: Annotated[str, Field(max_length=2048)] | None = None
+
+
+class ApprovalRequestedBody(Body):
+    approval_id: KeyText
+    roles: Annotated[list[Token], Field(min_length=1, max_length=8)]
+    # How many distinct approvers holding a role must approve (N of M).
+    quorum: Annotated[int, Field(ge=1, le=10)] = 1
+    approves_step: Token
+    tool: Annotated[str, Field(max_length=128)]
+    payload: dict[str, JsonValue]
+    payload_hash: Annotated[str, Field(max_length=80)]
+    # The current payload of the same record before the write, when the workflow can read it: lets the
+    # inbox show a diff instead of only the new payload.
+    before: dict[str, JsonValue] | None = None
+    target: ApprovalTarget
+    summary: Annotated[str, Field(max_length=4096)]
+    evidence: dict[str, JsonValue] = Field(default_factory=dict)
+    reason: ShortText
+    requested_by: Annotated[str, Field(max_length=256)]
+    expires_at: datetime
+    escalate_to: Token | None = None
+
+
+class ApprovalRequested(Message):
+    type: Literal["approval_requested"] = "approval_requested"
+    body: ApprovalRequestedBody
+
+
+class ApprovalDecisionBody(Body):
+    approval_id: KeyText
+    payload_hash: Annotated[str, Field(max_length=80)]
+    # Who decided (authenticated approver identity) and with which of the requested roles.
+    decided_by: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=10)]
+    roles: Annotated[list[Token], Field(max_length=10)]
+    reason: Annotated[str, Field(max_length=4096)] = ""
+    decided_at: datetime
+
+
+class ApprovalGranted(Message):
+    type: Literal["approval_granted"] = "approval_granted"
+    body: ApprovalDecisionBody
+
+
+class ApprovalDenied(Message):
+    """A denial always carries a reason."""
+
+    type: Literal["approval_denied"] = "approval_denied"
+    body: ApprovalDecisionBody
+
+
+class ApprovalExpiredBody(Body):
+    approval_id: KeyText
+    expired_at: datetime
+    escalate_to: Token | None = None
+
+
+class ApprovalExpired(Message):
+    type: Literal["approval_expired"] = "approval_expired"
+    body: ApprovalExpiredBody
+
+
+APPROVAL_DECISION_TYPES = ("approval_granted", "approval_denied", "approval_expired")

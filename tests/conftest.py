@@ -1,0 +1,132 @@
+"""Fixtures shared by the integration and end-to-end tests: a real nats-server from the venv on a free
+loopback port, and the Keel services as real processes (so a test can SIGKILL them)."""
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel_cli.client import KeelClient
+from keel_cli.stack import Stack
+from keel_shared.natsserver import NatsServer
+from keel_shared.settings import KeelSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stack_workflows(tmp_path: Path) -> Path:
+    """The repo's workflows plus the test workflows, in one directory."""
+    target = tmp_path / "workflows"
+    target.mkdir(exist_ok=True)
+    for source in [*(ROOT / "workflows").glob("*.yaml"), *TEST_WORKFLOWS.glob("*.yaml")]:
+        (target / source.name).write_text(source.read_text())
+    return target
+
+
+class StackHandle:
+    """A running stack plus the things tests need around it."""
+
+    def __init__(self, stack: Stack, ledger_url: str, data_dir: Path) -> None:
+        self.stack = stack
+        self.ledger_url = ledger_url
+        self.data_dir = data_dir
+
+    @property
+    def nats_url(self) -> str:
+        return self.stack.nats_url
+
+    async def client(self) -> KeelClient:
+        return await KeelClient.connect(self.nats_url)
+
+    def kill(self, label: str) -> None:
+        self.stack.kill(label)
+
+    async def restart(self, label: str) -> None:
+        self.stack.restart(label)
+        await self.wait_healthy()
+
+    async def wait_healthy(self) -> None:
+        health = await self.stack.wait_healthy(timeout=60)
+        assert all(health.values()), f"services not healthy: {health}; logs in {self.data_dir / 'logs'}"
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            out.append(f"--- {path.name}\n{path.read_text()[-4000:]}")
+        return "\n".join(out)
+
+
+StackFactory = Callable[..., Awaitable[StackHandle]]
+
+
+@pytest.fixture
+async def keel_stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[StackFactory]:
+    """Start router + executor(s) against the test server. Short ack wait and heartbeats make a
+    crashed executor's command come back within seconds."""
+    stacks: list[StackHandle] = []
+
+    async def start(executors: int = 1, env: dict[str, str] | None = None, **settings: Any) -> StackHandle:
+        data_dir = tmp_path / f"stack{len(stacks)}"
+        ledger_url = f"sqlite:///{data_dir / 'ledger.db'}"
+        provisioning = KeelSettings(**{"ack_wait_seconds": 3, **settings})
+        extra_env = {
+            "KEEL_DEMO_LEDGER_URL": ledger_url,
+            "KEEL_HEARTBEAT_SECONDS": "0.5",
+            "KEEL_ACK_WAIT_SECONDS": str(provisioning.ack_wait_seconds),
+            "KEEL_LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        stack = Stack(
+            data_dir,
+            nats_port=0,
+            http_port=0,
+            nats_url=nats_server.url,
+            executors=executors,
+            workflows_dir=stack_workflows(tmp_path),
+            extra_env=extra_env,
+            settings=provisioning,
+        )
+        await stack.start()
+        handle = StackHandle(stack, ledger_url, data_dir)
+        stacks.append(handle)
+        await handle.wait_healthy()
+        return handle
+
+    try:
+        yield start
+    finally:
+        for handle in stacks:
+            await asyncio.to_thread(handle.stack.stop, 10)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll until `check()` returns something truthy. The timeout is a hang guard, not a speed claim:
+    it is generous so a slow machine never fails a test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(interval)
+
+
+os.environ.setdefault("KEEL_LOG_FORMAT", "json")
