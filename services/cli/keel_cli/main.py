@@ -19,6 +19,7 @@ from keel_cli.stack import Stack
 from keel_contracts import subjects as s
 from keel_contracts.runs import RunStatus
 from keel_router.workflow import cli as workflow_cli
+from keel_sandbox import cli as sandbox_cli
 from keel_shared.connection import connect
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
@@ -28,6 +29,7 @@ app = typer.Typer(help="Keel: a durable control layer for AI agents that act on 
 run_app = typer.Typer(help="Inspect one run.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(workflow_cli.app, name="workflow", help="Validate and list workflow files.")
+app.add_typer(sandbox_cli.app, name="sandbox", help="Serve the sandbox systems of record (tickets, CRM, billing...).")
 
 T = TypeVar("T")
 
