@@ -23,11 +23,11 @@ from typing import Any
 
 from faststream import BaseMiddleware
 from faststream.nats import NatsMessage
-from keel_contracts.codec import ContractViolation
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from keel_contracts.codec import ContractViolation
 from keel_shared.deadletters import dead_letter
 from keel_shared.logging import bound_context, get_logger
 from keel_shared.metrics import HANDLER_SECONDS, MESSAGES_HANDLED

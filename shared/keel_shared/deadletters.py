@@ -3,11 +3,11 @@
 import base64
 from collections.abc import Mapping
 
+from nats.js import JetStreamContext
+
 from keel_contracts import subjects as s
 from keel_contracts.codec import encode
 from keel_contracts.deadletter import DeadLetter
-from nats.js import JetStreamContext
-
 from keel_shared.logging import get_logger
 from keel_shared.metrics import DEAD_LETTERS
 from keel_shared.publishing import publish_with_retry

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from keel_contracts import subjects as s
-from keel_contracts.codec import encode
-from keel_contracts.envelope import Message, new_id
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from keel_contracts import subjects as s
+from keel_contracts.codec import encode
+from keel_contracts.envelope import Message, new_id
 from keel_shared.publishing import RETRYABLE_PUBLISH_ERRORS, publish_with_retry
 
 WRONG_LAST_SEQUENCE = 10071

@@ -7,8 +7,6 @@ what may be updated.
 
 from dataclasses import dataclass
 
-from keel_contracts import subjects as s
-from keel_contracts import timers as t
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -23,6 +21,8 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from keel_contracts import subjects as s
+from keel_contracts import timers as t
 from keel_shared.settings import KeelSettings
 
 

@@ -8,12 +8,13 @@ duplicate ack instead of a second copy.
 import asyncio
 import time
 
-from keel_contracts.codec import encode
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from pydantic import BaseModel
+
+from keel_contracts.codec import encode
 
 RETRYABLE_PUBLISH_ERRORS = (
     NatsTimeoutError,

@@ -1,10 +1,11 @@
 """Building and publishing a trigger: the one way runs start, used by the CLI, the Python client and
 the webhook ingress alike."""
 
+from pydantic import JsonValue
+
 from keel_contracts import subjects as s
 from keel_contracts.commands import TriggerRun, TriggerRunBody
 from keel_contracts.envelope import new_id, run_id_for
-from pydantic import JsonValue
 
 
 def build_trigger(

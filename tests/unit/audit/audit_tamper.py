@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+
 from keel_audit.merkle import frontier_append, frontier_root, leaf_hash, root_of
 from keel_audit.segment import Seal, encode_segment, parse_segment, seal_line
 from keel_audit.signing import Signer

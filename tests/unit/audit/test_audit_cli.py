@@ -8,9 +8,10 @@ from pathlib import Path
 
 from audit_tamper import rewrite
 from audit_testlib import STREAM, AuditLog, make_log
+from typer.testing import CliRunner
+
 from keel_audit.cli import app
 from keel_audit.signing import load_signer
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from keel_audit.merkle import (
     EMPTY_ROOT,
     consistency_path,

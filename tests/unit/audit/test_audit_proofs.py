@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 from audit_testlib import STREAM, AuditLog, signer_from
+
 from keel_audit.errors import RecordNotFoundError
 from keel_audit.proofs import (
     ConsistencyProof,

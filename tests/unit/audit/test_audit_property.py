@@ -8,6 +8,7 @@ import pytest
 from audit_testlib import make_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from keel_audit.keyring import Keyring
 from keel_audit.store import DirectorySegmentStore
 from keel_audit.verify import Verdict, verify_log

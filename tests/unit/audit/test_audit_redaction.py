@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from audit_testlib import STREAM, AuditLog, make_log, source
+
 from keel_audit.errors import RecordNotFoundError
 from keel_audit.reconstruct import run_records
 from keel_audit.records import fixed_sensitive_paths

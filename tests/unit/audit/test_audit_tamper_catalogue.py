@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from audit_tamper import lines, resign, rewrite, write_lines
 from audit_testlib import STREAM, AuditLog, make_log, signer_from, source
+
 from keel_audit.checkpoint import Checkpoint
 from keel_audit.keyring import KeyEntry, KeyringFile
 from keel_audit.records import SourceRecord

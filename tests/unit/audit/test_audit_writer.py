@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from audit_tamper import rewrite
 from audit_testlib import STREAM, T0, AuditLog, make_log, signer_from, source
+
 from keel_audit.errors import AuditError, KeyMismatchError, SegmentExistsError, StoreCorruptError
 from keel_audit.keyring import KeyringFile
 from keel_audit.records import SourceRecord

@@ -5,9 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from keel_router.workflow.cli import app
 from typer.testing import CliRunner
 from workflow_testkit import EXAMPLES
+
+from keel_router.workflow.cli import app
 
 runner = CliRunner()
 

@@ -3,10 +3,11 @@
 from typing import Any
 
 import pytest
+from workflow_testkit import problems_of
+
 from keel_router.workflow import ChoiceStep, load_workflow_text
 from keel_router.workflow.conditions import Condition, ConditionError, evaluate, evaluate_choice, glob_match
 from keel_router.workflow.templating import TemplateError, make_context
-from workflow_testkit import problems_of
 
 CTX = make_context(
     trigger_input={"amount": 250, "currency": "EUR", "email": "ada@corp.example", "limit": 100, "n": 1.0},

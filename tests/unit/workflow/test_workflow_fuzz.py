@@ -4,6 +4,7 @@ import string
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from keel_router.workflow import WorkflowError, load_policy_text, load_workflow_text
 
 YAMLISH = st.lists(

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from workflow_testkit import EXAMPLES, problems_of
+
 from keel_router.workflow import (
     ApprovalStep,
     ChoiceStep,
@@ -14,7 +16,6 @@ from keel_router.workflow import (
     load_workflows,
 )
 from keel_router.workflow.loader import MAX_DEPTH, MAX_FILE_BYTES
-from workflow_testkit import EXAMPLES, problems_of
 
 
 def test_every_example_loads_with_its_steps() -> None:

@@ -1,6 +1,8 @@
 """The policy file: approvals required by action class, and caps."""
 
 import pytest
+from workflow_testkit import EXAMPLES
+
 from keel_router.workflow import (
     Policy,
     RunCounters,
@@ -14,7 +16,6 @@ from keel_router.workflow import (
     required_approval,
 )
 from keel_router.workflow.policy import DEFAULT_REQUIRE_APPROVAL, check_run_data
-from workflow_testkit import EXAMPLES
 
 POLICY = """\
 version: 1

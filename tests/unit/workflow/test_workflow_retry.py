@@ -4,6 +4,7 @@ import random
 from typing import get_args
 
 import pytest
+
 from keel_contracts.errors import ALL_ERRORS, ErrorClass
 from keel_router.workflow.retry import (
     DELAY_CEILING_SECONDS,

@@ -3,6 +3,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from workflow_testkit import EXAMPLES
+
 from keel_router.workflow import (
     DecideStep,
     DecisionAccepted,
@@ -21,7 +23,6 @@ from keel_router.workflow import (
     match_catcher,
     resolve_wait,
 )
-from workflow_testkit import EXAMPLES
 
 SLACK = load_workflow(EXAMPLES / "slack_to_ticket.yaml")
 

@@ -5,8 +5,9 @@ import json
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
-from keel_router.workflow.schema import main, schema_files
 from workflow_testkit import EXAMPLES, REPO
+
+from keel_router.workflow.schema import main, schema_files
 
 SCHEMAS = REPO / "docs" / "schemas"
 

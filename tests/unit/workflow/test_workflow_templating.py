@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+
 from keel_router.workflow.templating import (
     TemplateError,
     TemplateSyntaxError,

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from keel_router.workflow import WorkflowError, load_workflow_text
 
 REPO = Path(__file__).resolve().parents[3]

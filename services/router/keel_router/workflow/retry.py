@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from keel_contracts.errors import ALL_ERRORS, ErrorClass
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keel_contracts.errors import ALL_ERRORS, ErrorClass
 
 from .patterns import NAME_PATTERN, RESULT_PATH_PATTERN
 
