@@ -9,10 +9,9 @@ new approval.
 
 import hashlib
 import json
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import AwareDatetime, Field, JsonValue
 
 from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 
@@ -50,7 +49,7 @@ class ApprovalRequestedBody(Body):
     evidence: dict[str, JsonValue] = Field(default_factory=dict)
     reason: ShortText
     requested_by: Annotated[str, Field(max_length=256)]
-    expires_at: datetime
+    expires_at: AwareDatetime
     escalate_to: Token | None = None
 
 
@@ -66,7 +65,7 @@ class ApprovalDecisionBody(Body):
     decided_by: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=10)]
     roles: Annotated[list[Token], Field(max_length=10)]
     reason: Annotated[str, Field(max_length=4096)] = ""
-    decided_at: datetime
+    decided_at: AwareDatetime
 
 
 class ApprovalGranted(Message):
@@ -83,7 +82,7 @@ class ApprovalDenied(Message):
 
 class ApprovalExpiredBody(Body):
     approval_id: KeyText
-    expired_at: datetime
+    expired_at: AwareDatetime
     escalate_to: Token | None = None
 
 

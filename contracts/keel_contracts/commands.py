@@ -4,6 +4,7 @@ Every command's `dedupe_key` is sent as `Nats-Msg-Id`, and the consuming service
 before any side effect, so a command redelivered or published twice does its work once.
 """
 
+import hashlib
 from typing import Annotated, Literal
 
 from pydantic import Field, JsonValue
@@ -45,3 +46,9 @@ class ExecuteStep(Message):
 
     type: Literal["execute_step"] = "execute_step"
     body: ExecuteStepBody
+
+
+def execute_message_id(command_id: str) -> str:
+    """The message id of the execute command for one attempt. Deterministic, so a re-published command
+    is the same message, and an outcome (whose causation_id is this id) names exactly its attempt."""
+    return hashlib.sha256(command_id.encode()).hexdigest()[:32]

@@ -1,9 +1,8 @@
 """Dead letters: messages a consumer refused, kept whole with the reason, in KEEL_DLQ."""
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from keel_contracts.envelope import new_id, utcnow
 
@@ -16,7 +15,7 @@ class DeadLetter(BaseModel):
     id: str = Field(default_factory=new_id)
     type: Literal["dead_letter"] = "dead_letter"
     version: int = 1
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
     service: str
     consumer: str
     reason: Annotated[str, Field(max_length=64)]

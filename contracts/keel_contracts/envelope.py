@@ -12,7 +12,7 @@ from base64 import b32encode
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from keel_contracts.subjects import token
 
@@ -60,7 +60,7 @@ class Message(BaseModel):
     causation_id: Annotated[str, Field(max_length=128)] | None = None
     actor: Annotated[str, Field(min_length=1, max_length=256)]
     tenant: Token = "default"
-    occurred_at: datetime = Field(default_factory=utcnow)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
     dedupe_key: KeyText
 
 

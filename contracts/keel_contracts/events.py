@@ -3,10 +3,9 @@
 The run's state is a fold of these events; nothing else is authoritative.
 """
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import AwareDatetime, Field, JsonValue
 
 from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
 from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
@@ -63,8 +62,8 @@ class StepScheduled(Message):
 class StepSucceededBody(Body):
     tool: Annotated[str, Field(min_length=1, max_length=128)]
     output: dict[str, JsonValue]
-    started_at: datetime
-    finished_at: datetime
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
     executor_id: Annotated[str, Field(max_length=128)]
 
 
@@ -78,8 +77,8 @@ class StepFailedBody(Body):
     error_class: ErrorClass
     error_type: Annotated[str, Field(max_length=256)]
     message: Annotated[str, Field(max_length=4096)]
-    started_at: datetime
-    finished_at: datetime
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
     executor_id: Annotated[str, Field(max_length=128)]
 
 
@@ -93,7 +92,7 @@ class RetryScheduledBody(Body):
     retrier_index: Annotated[int, Field(ge=0)]
     error_class: ErrorClass
     delay_seconds: Annotated[float, Field(ge=0)]
-    due_at: datetime
+    due_at: AwareDatetime
     reason: ShortText
 
 

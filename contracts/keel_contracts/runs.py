@@ -3,11 +3,10 @@
 It is a projection of KEEL_EVENTS kept by the router; replaying the events rebuilds it exactly.
 """
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 
 class RunStatus(StrEnum):
@@ -46,8 +45,8 @@ class RunView(BaseModel):
     status: RunStatus
     reason: str
     current_step: str | None
-    started_at: datetime
-    updated_at: datetime
+    started_at: AwareDatetime
+    updated_at: AwareDatetime
     last_seq: Annotated[int, Field(ge=0)]
     steps_done: int
     attempts: int

@@ -6,8 +6,9 @@ again replaces it, which makes re-scheduling after a crash idempotent. A timer t
 twice, is harmless: the router acts on it only while the run still waits for exactly that timer.
 """
 
-from datetime import datetime
 from typing import Literal
+
+from pydantic import AwareDatetime
 
 from keel_contracts.envelope import Body, Message
 
@@ -27,7 +28,7 @@ def fire_subject(workflow: str, run_id: str, timer_id: str) -> str:
 
 class TimerBody(Body):
     purpose: Literal["retry"]
-    due_at: datetime
+    due_at: AwareDatetime
     # What the timer is for, so a stale firing can be recognised: the attempt it starts.
     next_attempt: int
 

@@ -256,7 +256,7 @@ def watch(
 ) -> None:
     """Print run events live, as they are stored."""
     if run_id and workflow:
-        subject = s.run_filter(workflow, run_id)
+        subject = s.run_filter(s.token(workflow, "workflow"), s.token(run_id, "run id"))
     elif run_id:
         subject = s.any_workflow_run_filter(s.token(run_id, "run id"))
     elif workflow:

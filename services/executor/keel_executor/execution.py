@@ -119,10 +119,13 @@ class Executor:
                         f"(approval {body.approval_id}): a changed payload needs a new approval"
                     )
             tool = self._tools.get(body.tool)
+            deadline = asyncio.timeout(body.timeout_seconds)
             try:
-                async with asyncio.timeout(body.timeout_seconds):
+                async with deadline:
                     output: dict[str, JsonValue] = await tool(ctx, dict(body.input))
             except TimeoutError:
+                if not deadline.expired():
+                    raise  # the tool's own timeout (say, an HTTP read): keep its message and type
                 raise StepTimeoutError(f"{body.tool} did not finish within {body.timeout_seconds}s") from None
             if not isinstance(output, dict):
                 raise ToolError(f"{body.tool} returned {type(output).__name__}, not an object")

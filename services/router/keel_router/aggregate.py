@@ -11,6 +11,7 @@ from datetime import datetime
 
 from pydantic import JsonValue
 
+from keel_contracts.commands import execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
@@ -37,6 +38,10 @@ class Attempt:
     input: dict[str, JsonValue]
     timeout_seconds: float
     result_path: str
+    # How many times the run has entered this step (a choice can loop back): attempts of different
+    # visits are different attempts even when their numbers match.
+    visit: int = 1
+    side_effect: str = "read"
     # Which retrier of the step asked for this attempt (None for a first attempt).
     retrier_index: int | None = None
     outcome: str | None = None  # None while running, then "succeeded" or "failed"
@@ -135,7 +140,15 @@ class RunState:
 
 
 def _replace_attempt(state: RunState, updated: Attempt) -> tuple[Attempt, ...]:
-    return tuple(updated if (a.step_id, a.attempt) == (updated.step_id, updated.attempt) else a for a in state.attempts)
+    return tuple(updated if a.command_id == updated.command_id else a for a in state.attempts)
+
+
+def _attempt_of_outcome(state: RunState, event: Message) -> Attempt | None:
+    """The attempt an outcome reports on: the one whose execute command caused it."""
+    for a in reversed(state.attempts):
+        if execute_message_id(a.command_id) == event.causation_id:
+            return a
+    return None
 
 
 def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
@@ -162,7 +175,7 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
         case TriggerJoined():
             return replace(base, triggers=state.triggers | {event.body.trigger_id})
         case StepScheduled():
-            if state.attempt(event.step_id, event.attempt) is not None:
+            if any(a.command_id == event.body.command_id for a in state.attempts):
                 return base
             retrier = (
                 state.pending_retry.retrier_index
@@ -180,6 +193,9 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 input=dict(event.body.input),
                 timeout_seconds=event.body.timeout_seconds,
                 result_path=event.body.result_path or f"steps.{event.step_id}",
+                visit=sum(1 for a in state.attempts if a.step_id == event.step_id and a.attempt == 1)
+                + (1 if event.attempt == 1 else 0),
+                side_effect=event.body.side_effect,
             )
             return replace(
                 base,
@@ -210,7 +226,7 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 data_writes=(*state.data_writes, *writes),
             )
         case StepSucceeded():
-            current = state.attempt(event.step_id, event.attempt)
+            current = _attempt_of_outcome(state, event)
             if current is None or current.outcome is not None:
                 return base  # an outcome for an attempt we never scheduled, or reported twice
             done = replace(current, outcome="succeeded", output=dict(event.body.output))
@@ -221,7 +237,7 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 data_writes=(*state.data_writes, (done.result_path, done.output or {})),
             )
         case StepFailed():
-            current = state.attempt(event.step_id, event.attempt)
+            current = _attempt_of_outcome(state, event)
             if current is None or current.outcome is not None:
                 return base
             failed = replace(current, outcome="failed", error_class=event.body.error_class, error=event.body.message)

@@ -16,7 +16,7 @@ from pydantic import JsonValue
 
 from keel_contracts import subjects as s
 from keel_contracts import timers
-from keel_contracts.commands import ExecuteStep, ExecuteStepBody, TriggerRun
+from keel_contracts.commands import ExecuteStep, ExecuteStepBody, TriggerRun, execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
@@ -171,7 +171,7 @@ class Engine:
                 RetryScheduled(
                     **self._env(
                         state,
-                        f"{state.run_id}:{step.id}:{last.attempt}:retry",
+                        f"{state.run_id}:{step.id}:{last.visit}:{last.attempt}:retry",
                         causation_id,
                         step_id=step.id,
                         attempt=last.attempt,
@@ -195,7 +195,9 @@ class Engine:
             except RunDataError as exc:
                 return [self._fail(state, f"fallback result of {step.id}: {exc}", error_class, step.id)]
             route = RouteDecided(
-                **self._env(state, f"{state.run_id}:{step.id}:{last.attempt}:caught", causation_id, step_id=step.id),
+                **self._env(
+                    state, f"{state.run_id}:{step.id}:{last.visit}:{last.attempt}:caught", causation_id, step_id=step.id
+                ),
                 body=RouteDecidedBody(kind="catch", to_step=catcher.next, why=why, writes=writes),
             )
             routed = apply(state, state.last_seq + 1, route)
@@ -371,7 +373,7 @@ class Engine:
         attempt = state.in_flight
         if attempt is not None and not state.terminal:
             cmd = ExecuteStep(
-                id=hashlib.sha256(attempt.command_id.encode()).hexdigest()[:32],
+                id=execute_message_id(attempt.command_id),
                 run_id=state.run_id,
                 workflow=state.workflow,
                 tenant=state.tenant,
@@ -386,6 +388,7 @@ class Engine:
                     input=attempt.input,
                     idempotency_key=attempt.idempotency_key,
                     timeout_seconds=attempt.timeout_seconds,
+                    side_effect="write" if attempt.side_effect == "write" else "read",
                 ),
             )
             out.append(Effect(s.execute_subject(state.run_id), cmd, attempt.command_id))

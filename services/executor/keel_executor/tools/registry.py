@@ -6,6 +6,7 @@ registered the same way in this package's own metadata.
 """
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -16,6 +17,7 @@ from pydantic import JsonValue
 from keel_executor.errors import UnknownToolError
 
 ENTRY_POINT_GROUP = "keel.tools"
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,11 @@ class ToolContext:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def traceparent(self) -> str:
-        """A W3C traceparent whose trace id is the run's correlation id, so downstream logs join up."""
-        trace = (self.correlation_id.replace("-", "") + "0" * 32)[:32]
+        """A W3C traceparent whose trace id is the run's correlation id (when that is a 128-bit hex id, as
+        Keel's own are), so downstream logs join up; any other correlation id is hashed into one."""
+        trace = self.correlation_id.replace("-", "")
+        if not _TRACE_ID.fullmatch(trace) or not trace.strip("0"):
+            trace = hashlib.sha256(self.correlation_id.encode()).hexdigest()[:32]
         parent = hashlib.sha256(f"{self.run_id}/{self.step_id}/{self.attempt}".encode()).hexdigest()[:16]
         return f"00-{trace}-{parent}-01"
 

@@ -1,0 +1,87 @@
+"""Fakes shared by the executor tests (a plain module: a conftest name would clash across test dirs).
+
+In-memory claims and outcome store with the semantics of the KV bucket and the event stream, and tools
+that record how they were called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import JsonValue
+
+from keel_contracts.commands import ExecuteStep
+from keel_contracts.envelope import Message
+from keel_executor.claims import Claim, ClaimState
+from keel_executor.execution import outcome_key
+from keel_executor.tools.registry import ToolContext
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class MemoryClaims:
+    """Create-only claims: the first claim wins (NEW); a claim that was never completed is taken over by
+    the next claimer (the holder died); a completed claim stays DONE."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.completions: list[tuple[str, str, int]] = []
+
+    async def claim(self, dedupe_key: str, holder: str) -> Claim:
+        entry = self.entries.get(dedupe_key)
+        if entry is None:
+            self.entries[dedupe_key] = {"state": "running", "holder": holder, "revision": 1}
+            return Claim(dedupe_key, ClaimState.NEW, 1)
+        if entry["state"] == "done":
+            return Claim(dedupe_key, ClaimState.DONE, entry["revision"], entry["holder"])
+        previous = entry["holder"]
+        entry.update(holder=holder, revision=entry["revision"] + 1)
+        return Claim(dedupe_key, ClaimState.TAKEN_OVER, entry["revision"], previous)
+
+    async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None:
+        entry = self.entries[claim.key]
+        assert entry["revision"] == claim.revision, "completing a claim that changed hands"
+        entry.update(state="done", holder=holder, revision=entry["revision"] + 1, outcome_seq=outcome_seq)
+        self.completions.append((claim.key, holder, outcome_seq))
+
+    def state_of(self, dedupe_key: str) -> str | None:
+        entry = self.entries.get(dedupe_key)
+        return None if entry is None else entry["state"]
+
+
+class MemoryOutcomes:
+    """The run's event stream as far as the executor sees it: appends deduplicated by dedupe key."""
+
+    def __init__(self) -> None:
+        self.events: list[Message] = []
+        self._seq_of: dict[str, int] = {}
+        self.next_seq = 41
+
+    async def find(self, cmd: ExecuteStep) -> int | None:
+        return self._seq_of.get(outcome_key(cmd))
+
+    async def record(self, event: Message) -> int:
+        if event.dedupe_key in self._seq_of:
+            return self._seq_of[event.dedupe_key]
+        self.next_seq += 1
+        self.events.append(event)
+        self._seq_of[event.dedupe_key] = self.next_seq
+        return self.next_seq
+
+
+class ToolCalls:
+    def __init__(self) -> None:
+        self.calls: list[tuple[ToolContext, dict[str, JsonValue]]] = []
+
+    def tool(self, result: Callable[[ToolContext, dict[str, JsonValue]], Any]) -> Any:
+        async def run(ctx: ToolContext, data: dict[str, JsonValue]) -> Any:
+            self.calls.append((ctx, data))
+            return result(ctx, data)
+
+        return run
+
+    @property
+    def keys(self) -> list[str]:
+        return [ctx.idempotency_key for ctx, _ in self.calls]
