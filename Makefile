@@ -10,11 +10,12 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test check lint typecheck fmt unit integration e2e schemas clean
+.PHONY: help install run test check lint typecheck fmt unit integration e2e bench schemas clean
 
 help:
 	@echo "make run    - install, start Keel on this machine (nats-server + services) and run the demo"
 	@echo "make test   - install, then lint, type-check and run every test"
+	@echo "make bench  - measure Keel against the raw JetStream floor of the same server (prints ratios)"
 	@echo "make fmt | lint | typecheck | unit | integration | e2e | schemas | clean"
 
 $(UV):
@@ -38,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy contracts/keel_contracts shared/keel_shared services/*/keel_*
+	$(BIN)/mypy contracts/keel_contracts shared/keel_shared services/*/keel_* bench
 
 test: check
 	$(BIN)/pytest -q
@@ -51,6 +52,11 @@ integration: install
 
 e2e: install
 	$(BIN)/pytest -q tests/e2e
+
+# A benchmark, not a test: prints figures and ratios, writes bench/results/*.json. SCALE=0.3 is quicker.
+SCALE ?= 1
+bench: install
+	$(BIN)/python -m bench --scale $(SCALE)
 
 fmt: install
 	$(BIN)/ruff format .
