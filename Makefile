@@ -65,6 +65,7 @@ fmt: install
 schemas: install
 	$(BIN)/python -m keel_contracts.schema
 	$(BIN)/python -m keel_router.workflow.schema
+	$(BIN)/python -m keel_dashboard.asyncapi
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .keel .mypy_cache .ruff_cache .pytest_cache

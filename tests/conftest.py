@@ -3,6 +3,7 @@ loopback port, and the Keel services as real processes (so a test can SIGKILL th
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from keel_cli.client import KeelClient
 from keel_cli.stack import Stack
+from keel_sandbox.testing import SandboxProcess, start_sandbox
 from keel_shared.natsserver import NatsServer
 from keel_shared.settings import KeelSettings
 
@@ -127,6 +129,43 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {check}")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
+    """The sandbox systems of record (tickets, CRM, billing, access) as a real server on a SQLite file."""
+    workdir = tmp_path / "sandbox"
+    workdir.mkdir()
+    running = start_sandbox(f"sqlite:///{workdir / 'sandbox.db'}", workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# What lets Chromium run headless as root in a VM: no sandbox, no GPU, no background traffic (the
+# network is closed, and its connection attempts would only add noise).
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium, driven by Playwright with `executable_path` (.ci/run installs it)."""
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} is absent: install Debian's chromium (`apt-get install -y chromium`) for browser tests"
+        print(f"\nSKIP: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    return CHROMIUM
 
 
 os.environ.setdefault("KEEL_LOG_FORMAT", "json")

@@ -29,6 +29,14 @@ class TriggerRun(Message):
     body: TriggerRunBody
 
 
+class VerifySpec(Body):
+    """The read-back that tells whether a write with an unknown outcome landed: a tool and its input,
+    rendered by the router when it schedules the attempt (so the executor needs no run data)."""
+
+    tool: Annotated[str, Field(min_length=1, max_length=128)]
+    input: dict[str, JsonValue]
+
+
 class ExecuteStepBody(Body):
     tool: Annotated[str, Field(min_length=1, max_length=128)]
     input: dict[str, JsonValue]
@@ -39,6 +47,8 @@ class ExecuteStepBody(Body):
     # about to send hashes to exactly what was approved.
     approval_id: Annotated[str, Field(max_length=512)] | None = None
     approved_payload_hash: Annotated[str, Field(max_length=80)] | None = None
+    # Run by the executor after an unknown outcome, before it would ever send the write again.
+    verify: VerifySpec | None = None
 
 
 class ExecuteStep(Message):
@@ -52,3 +62,34 @@ def execute_message_id(command_id: str) -> str:
     """The message id of the execute command for one attempt. Deterministic, so a re-published command
     is the same message, and an outcome (whose causation_id is this id) names exactly its attempt."""
     return hashlib.sha256(command_id.encode()).hexdigest()[:32]
+
+
+class HumanInputBody(Body):
+    input: dict[str, JsonValue]
+    # Who answers: an operator identity (the CLI sends the local user unless told otherwise).
+    submitted_by: Annotated[str, Field(min_length=1, max_length=256)]
+    # The step the person believes they answer; input for a step the run no longer waits on is refused.
+    step_id: Token | None = None
+
+
+class HumanInput(Message):
+    """Input for a run parked in `needs_human` (`keel run input`). The router validates it against the
+    step's schema; invalid input is refused with a `human_input_rejected` event and the run stays parked."""
+
+    type: Literal["human_input"] = "human_input"
+    body: HumanInputBody
+
+
+class CancelRunBody(Body):
+    reason: Annotated[str, Field(max_length=1024)] = "cancelled by an operator"
+    requested_by: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class CancelRun(Message):
+    """Cancel a run (`keel run cancel`): no new step or write starts; a write already sent finishes."""
+
+    type: Literal["cancel_run"] = "cancel_run"
+    body: CancelRunBody
+
+
+RouterCommand = Annotated[HumanInput | CancelRun, Field(discriminator="type")]

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, JsonValue
 
 from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.commands import VerifySpec
 from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 from keel_contracts.errors import ErrorClass
 
@@ -50,6 +51,12 @@ class StepScheduledBody(Body):
     # Where the step's output goes in run data (default steps.<step id>).
     result_path: Annotated[str, Field(max_length=256)] | None = None
     side_effect: Literal["read", "write"] = "read"
+    # For a gated write: the approvals this attempt consumes and the payload hash they approved. The
+    # execute command carries the hash, so the executor refuses any other payload.
+    approval_ids: Annotated[list[KeyText], Field(max_length=8)] = Field(default_factory=list)
+    approved_payload_hash: Annotated[str, Field(max_length=80)] | None = None
+    # The step's verify call rendered for this attempt (request, idempotency key, number filled in).
+    verify: VerifySpec | None = None
 
 
 class StepScheduled(Message):
@@ -80,6 +87,8 @@ class StepFailedBody(Body):
     started_at: AwareDatetime
     finished_at: AwareDatetime
     executor_id: Annotated[str, Field(max_length=128)]
+    # The system of record's own "not before" (HTTP Retry-After): a retry never comes sooner.
+    retry_after_seconds: Annotated[float, Field(ge=0)] | None = None
 
 
 class StepFailed(Message):
@@ -104,7 +113,10 @@ class RetryScheduled(Message):
 
 
 class RouteDecidedBody(Body):
-    kind: Literal["choice", "catch"]
+    # choice: a rule matched; catch: a catcher took an error; decide: a decider's intent was accepted;
+    # approval: a gate was decided (granted, denied, expired); human: a human's input was accepted or
+    # the wait for it expired; wait: a wait step's timer fired.
+    kind: Literal["choice", "catch", "decide", "approval", "human", "wait"]
     to_step: Token | None
     why: Annotated[str, Field(max_length=4096)]
     # Run data the decision stores, by result path: for a catch, the error (default errors.<step>)
@@ -141,6 +153,94 @@ class RunFailed(Message):
     body: RunFailedBody
 
 
+class HumanInputRequestedBody(Body):
+    # human: a human step; decide: a decision the router could not accept (unsure, undeclared intent,
+    # invalid payload), handed to a person.
+    kind: Literal["human", "decide"]
+    queue: Token
+    prompt: Annotated[str, Field(max_length=8192)]
+    # The piece the router is missing (e.g. `intent`, `payload.title`), when one is.
+    missing: Annotated[str, Field(max_length=512)] | None = None
+    reason: ShortText
+    input_schema: dict[str, JsonValue]
+    # What the person needs to decide: the run data the step can see (omitted when too large).
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    expires_at: AwareDatetime | None = None
+
+
+class HumanInputRequested(Message):
+    """The run parks in `needs_human` until input for this step arrives (`keel run input`)."""
+
+    type: Literal["human_input_requested"] = "human_input_requested"
+    body: HumanInputRequestedBody
+
+
+class HumanInputReceivedBody(Body):
+    input: dict[str, JsonValue]
+    submitted_by: Annotated[str, Field(min_length=1, max_length=256)]
+    command_id: Annotated[str, Field(max_length=128)]
+
+
+class HumanInputReceived(Message):
+    """A person's input was accepted for the step the run waited on; a route_decided follows."""
+
+    type: Literal["human_input_received"] = "human_input_received"
+    body: HumanInputReceivedBody
+
+
+class HumanInputRejectedBody(Body):
+    problems: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=20)]
+    submitted_by: Annotated[str, Field(min_length=1, max_length=256)]
+    command_id: Annotated[str, Field(max_length=128)]
+
+
+class HumanInputRejected(Message):
+    """Input was refused (invalid, or the run was not waiting for it); the run stays where it was."""
+
+    type: Literal["human_input_rejected"] = "human_input_rejected"
+    body: HumanInputRejectedBody
+
+
+class WaitStartedBody(Body):
+    due_at: AwareDatetime
+    timer_id: Token
+    reason: ShortText
+
+
+class WaitStarted(Message):
+    """A wait step parked the run in `waiting` until a durable timer fires at `due_at`."""
+
+    type: Literal["wait_started"] = "wait_started"
+    body: WaitStartedBody
+
+
+class RunBlockedBody(Body):
+    cap: Annotated[str, Field(max_length=64)]
+    limit: float
+    value: float
+    reason: ShortText
+
+
+class RunBlocked(Message):
+    """A policy cap stopped the run before it could start another step or attempt."""
+
+    type: Literal["run_blocked"] = "run_blocked"
+    body: RunBlockedBody
+
+
+class RunCancelledBody(Body):
+    reason: ShortText
+    requested_by: Annotated[str, Field(min_length=1, max_length=256)]
+    # A write already sent when the cancel arrived: it finishes and its outcome is recorded, but nothing
+    # follows it.
+    in_flight_step: Token | None = None
+
+
+class RunCancelled(Message):
+    type: Literal["run_cancelled"] = "run_cancelled"
+    body: RunCancelledBody
+
+
 RunEvent = Annotated[
     RunStarted
     | TriggerJoined
@@ -151,6 +251,12 @@ RunEvent = Annotated[
     | RouteDecided
     | RunCompleted
     | RunFailed
+    | HumanInputRequested
+    | HumanInputReceived
+    | HumanInputRejected
+    | WaitStarted
+    | RunBlocked
+    | RunCancelled
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalDenied
@@ -170,6 +276,12 @@ EVENT_TYPES: dict[str, type[Message]] = {
         RouteDecided,
         RunCompleted,
         RunFailed,
+        HumanInputRequested,
+        HumanInputReceived,
+        HumanInputRejected,
+        WaitStarted,
+        RunBlocked,
+        RunCancelled,
         ApprovalRequested,
         ApprovalGranted,
         ApprovalDenied,
@@ -178,4 +290,4 @@ EVENT_TYPES: dict[str, type[Message]] = {
 }
 
 #: Events after which a run's status is known without folding it: what `keel trigger --wait` stops on.
-FINAL_STATUS_OF_EVENT: dict[str, str] = {"run_completed": "done", "run_failed": "failed"}
+FINAL_STATUS_OF_EVENT: dict[str, str] = {"run_completed": "done", "run_failed": "failed", "run_cancelled": "cancelled"}

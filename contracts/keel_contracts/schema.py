@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from keel_contracts.commands import ExecuteStep, TriggerRun
+from keel_contracts.commands import CancelRun, ExecuteStep, HumanInput, TriggerRun
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.events import EVENT_TYPES
 from keel_contracts.timers import TimerFired
@@ -22,6 +22,8 @@ def message_types() -> dict[str, type[BaseModel]]:
     types: dict[str, type[BaseModel]] = dict(EVENT_TYPES)
     types["trigger_run"] = TriggerRun
     types["execute_step"] = ExecuteStep
+    types["human_input"] = HumanInput
+    types["cancel_run"] = CancelRun
     types["dead_letter"] = DeadLetter
     types["timer_fired"] = TimerFired
     return types

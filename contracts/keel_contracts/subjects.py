@@ -21,6 +21,7 @@ COMMANDS_STREAM: Final = "KEEL_COMMANDS"
 DLQ_STREAM: Final = "KEEL_DLQ"
 RUNS_BUCKET: Final = "KEEL_RUNS"
 CLAIMS_BUCKET: Final = "KEEL_CLAIMS"
+WEBHOOK_REPLAY_BUCKET: Final = "KEEL_WEBHOOK_REPLAY"
 
 EVENTS_ALL: Final = "keel.run.>"
 LIVE_PREFIX: Final = "keel.live"
@@ -33,8 +34,12 @@ DLQ_ALL: Final = "keel.dlq.>"
 ROUTER_TRIGGERS_DURABLE: Final = "router-triggers"
 ROUTER_EVENTS_DURABLE: Final = "router-events"
 EXECUTOR_DURABLE: Final = "executor"
+APPROVAL_REQUESTS_DURABLE: Final = "approval-requests"
+ROUTER_COMMANDS_DURABLE: Final = "router-commands"
 
 EXECUTE_ALL: Final = "keel.cmd.executor.execute.>"
+ROUTER_COMMANDS_ALL: Final = "keel.cmd.router.>"
+APPROVAL_REQUESTED_ALL: Final = "keel.run.*.*.router.approval_requested"
 
 # Services, used as the emitter token of run events and as the actor of what they publish.
 ROUTER: Final = "router"
@@ -86,6 +91,15 @@ def trigger_subject(source: str) -> str:
 
 def execute_subject(run_id: str) -> str:
     return f"keel.cmd.executor.execute.{run_id}"
+
+
+def router_input_subject(run_id: str) -> str:
+    """Human input for one run (`keel run input`)."""
+    return f"keel.cmd.router.input.{run_id}"
+
+
+def router_cancel_subject(run_id: str) -> str:
+    return f"keel.cmd.router.cancel.{run_id}"
 
 
 def dlq_subject(service: str, reason: str) -> str:

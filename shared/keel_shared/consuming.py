@@ -18,7 +18,7 @@ deliveries here dead-letters every poison message, whatever happened to the prev
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream import BaseMiddleware
@@ -57,8 +57,16 @@ def _classify(exc: ValidationError, data: bytes, limit: int = 5) -> tuple[str, s
     return "invalid", "; ".join(parts)
 
 
+#: Given a message about to be dead-lettered for too many deliveries, what the service knows about its
+#: past tries (who held it, how each ended), or None.
+HistoryOf = Callable[[Msg], Awaitable[str | None]]
+
+
 def guard_middleware(
-    service: str, settings: KeelSettings, js_getter: Callable[[], JetStreamContext]
+    service: str,
+    settings: KeelSettings,
+    js_getter: Callable[[], JetStreamContext],
+    history_getter: Callable[[], HistoryOf | None] = lambda: None,
 ) -> type[BaseMiddleware]:
     max_bytes = settings.max_message_bytes
     max_deliveries = settings.max_deliveries
@@ -95,7 +103,9 @@ def guard_middleware(
                         await refuse("too_large", f"message is {len(raw.data)} bytes, the limit is {max_bytes}")
                         return None
                     if delivered > max_deliveries:
-                        await refuse("max_deliveries", f"delivered {delivered} times without being handled")
+                        detail = f"delivered {delivered} times without being handled"
+                        history = await _history(history_getter(), raw)
+                        await refuse("max_deliveries", f"{detail}; history:\n{history}" if history else detail)
                         return None
                     try:
                         result = await call_next(msg)
@@ -124,3 +134,13 @@ def guard_middleware(
                     HANDLER_SECONDS.labels(service, consumer).observe(time.perf_counter() - started)
 
     return Guard
+
+
+async def _history(history_of: HistoryOf | None, raw: Msg) -> str | None:
+    if history_of is None:
+        return None
+    try:
+        return await history_of(raw)
+    except Exception:  # the dead letter matters more than its annotations
+        log.exception("dead_letter_history_failed")
+        return None

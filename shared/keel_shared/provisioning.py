@@ -88,6 +88,28 @@ def dlq_stream(settings: KeelSettings) -> StreamConfig:
     )
 
 
+def audit_bucket_stream(settings: KeelSettings) -> StreamConfig:
+    """The object store bucket of the audit service's segments (when `KEEL_AUDIT_STORE=object_store`).
+
+    The layout is the standard object store's (so nats-py reads it as a bucket), but with delete, purge
+    and roll-ups denied: a segment, once stored, can be neither removed nor replaced by a client.
+    """
+    bucket = settings.audit_bucket
+    return StreamConfig(
+        name=f"OBJ_{bucket}",
+        description="Keel audit log: signed segments and the keyring (write once)",
+        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        discard=DiscardPolicy.NEW,
+        allow_direct=True,
+        allow_rollup_hdrs=False,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
 @dataclass(frozen=True)
 class DurableSpec:
     stream: str
@@ -111,8 +133,9 @@ def durables(settings: KeelSettings) -> list[DurableSpec]:
             s.EVENTS_STREAM,
             ConsumerConfig(
                 durable_name=s.ROUTER_EVENTS_DURABLE,
-                # The router reacts to what other services report; its own events it already knows.
-                filter_subjects=[s.emitter_filter(s.EXECUTOR)],
+                # The router reacts to what other services report (attempt outcomes, approval decisions);
+                # its own events it already knows.
+                filter_subjects=[s.emitter_filter(s.EXECUTOR), s.emitter_filter(s.APPROVAL)],
                 deliver_policy=DeliverPolicy.ALL,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
@@ -123,7 +146,19 @@ def durables(settings: KeelSettings) -> list[DurableSpec]:
             t.TIMERS_STREAM,
             ConsumerConfig(
                 durable_name=t.ROUTER_TIMERS_DURABLE,
-                filter_subject=t.TIMERS_FIRE_ALL,
+                # Not `keel.timer.fire.>`: approval expiries share the stream and have their own durable.
+                filter_subject=t.ROUTER_TIMERS_FIRE,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
+            ),
+        ),
+        DurableSpec(
+            s.COMMANDS_STREAM,
+            ConsumerConfig(
+                durable_name=s.ROUTER_COMMANDS_DURABLE,
+                # Human input and cancellations for runs (`keel run input`, `keel run cancel`).
+                filter_subject=s.ROUTER_COMMANDS_ALL,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
                 max_ack_pending=1000,
@@ -139,6 +174,27 @@ def durables(settings: KeelSettings) -> list[DurableSpec]:
                 # and a crashed executor's work is picked up quickly by another.
                 ack_wait=ack_wait,
                 max_ack_pending=256,
+            ),
+        ),
+        DurableSpec(
+            s.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=s.APPROVAL_REQUESTS_DURABLE,
+                filter_subject=s.APPROVAL_REQUESTED_ALL,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
+            ),
+        ),
+        DurableSpec(
+            t.TIMERS_STREAM,
+            ConsumerConfig(
+                durable_name=t.APPROVAL_TIMERS_DURABLE,
+                filter_subject=t.APPROVAL_TIMERS_FIRE,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1000,
             ),
         ),
     ]
@@ -189,5 +245,18 @@ async def provision(js: JetStreamContext, settings: KeelSettings) -> None:
             replicas=settings.replicas,
         ),
     )
+    await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=s.WEBHOOK_REPLAY_BUCKET,
+            description="Webhook signatures seen inside the replay window (keys expire after it)",
+            history=1,
+            ttl=settings.webhook_replay_ttl_seconds,
+            storage=StorageType.FILE,
+            replicas=settings.replicas,
+        ),
+    )
+    if settings.audit_store == "object_store":
+        await _ensure_stream(js, audit_bucket_stream(settings))
     for spec in durables(settings):
         await js.add_consumer(spec.stream, spec.config)

@@ -18,7 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from keel_shared.connection import inbox_prefix, make_broker
-from keel_shared.consuming import guard_middleware
+from keel_shared.consumerlag import ConsumerLagCollector
+from keel_shared.consuming import HistoryOf, guard_middleware
 from keel_shared.logging import configure_logging, get_logger
 from keel_shared.metrics import UP, MetricsServer
 from keel_shared.settings import KeelSettings
@@ -36,9 +37,15 @@ class ServiceRuntime:
         self.settings = settings
         self.instance_id = settings.instance_id or default_instance_id(name)
         self.broker: NatsBroker = make_broker(settings, name, graceful_timeout=graceful_timeout)
-        self.broker.add_middleware(guard_middleware(name, settings, lambda: self.js))
+        # Set by a service that can say more about a message's past tries, for its dead letter.
+        self.dead_letter_history: HistoryOf | None = None
+        self.broker.add_middleware(guard_middleware(name, settings, lambda: self.js, lambda: self.dead_letter_history))
         self.app = FastStream(self.broker, logger=None)
         self._metrics: MetricsServer | None = None
+        # Lag of the durables this service binds (registered by pull_subscriber), for /metrics.
+        self.consumer_lag = ConsumerLagCollector(
+            lambda stream, durable: self.js.consumer_info(stream, durable), settings.metrics_poll_seconds
+        )
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
         self._kv_lock = asyncio.Lock()
@@ -72,6 +79,7 @@ class ServiceRuntime:
         """A subscriber bound to a durable consumer that `keel init` provisioned; never creates one."""
         from faststream.middlewares import AckPolicy
 
+        self.consumer_lag.add(stream, durable)
         return self.broker.subscriber(
             subject,
             stream=JStream(stream, declare=False),
@@ -101,11 +109,13 @@ class ServiceRuntime:
 
     async def _after_startup(self) -> None:
         UP.labels(self.name).set(1)
+        self.consumer_lag.start()
         log.info("service_started", instance=self.instance_id, nats_url=self.settings.nats_url)
 
     async def _on_shutdown(self) -> None:
         self._stopping = True
         UP.labels(self.name).set(0)
+        await self.consumer_lag.stop()
         log.info("service_stopping")
 
     def run(self) -> None:

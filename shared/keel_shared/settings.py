@@ -30,6 +30,8 @@ class KeelSettings(BaseSettings):
     # 0 disables the metrics/health endpoint; `keel up` gives every service its own port.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # How often a service polls the server for its consumers' lag (keel_consumer_*_messages).
+    metrics_poll_seconds: float = Field(default=5.0, gt=0)
 
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
     # How many times a message may be delivered before it is dead-lettered as poison.
@@ -54,6 +56,45 @@ class KeelSettings(BaseSettings):
 
     # Router
     router_concurrency: int = Field(default=32, ge=1, le=1024)
+    # The policy file (approval classes, caps); unset means the built-in default policy.
+    policy_file: Path | None = None
+
+    # Webhook ingress (`python -m keel_router.ingress`)
+    ingress_http_host: str = "127.0.0.1"
+    ingress_http_port: int = Field(default=8419, ge=0, le=65535)
+    # JSON file of per-source settings (secret, scheme, intent key path); see docs/workflows.md.
+    ingress_sources_file: Path | None = None
+    # Signed requests older or newer than this are refused; signatures are remembered this long.
+    webhook_window_seconds: float = Field(default=300, gt=0)
+    webhook_replay_ttl_seconds: float = Field(default=600, gt=0)
+
+    # Approval service
+    # The inbox and API port; `keel up` gives it the stack's front port (--http-port).
+    approval_http_port: int = Field(default=8420, ge=0, le=65535)
+    approval_http_host: str = "127.0.0.1"
+    # SQLAlchemy URL of the approval store; unset means SQLite at <data_dir>/approvals.db.
+    approval_db_url: str | None = None
+    # Mark the inbox's session cookie Secure: set it whenever the inbox is served over HTTPS.
+    approval_cookie_secure: bool = False
+    approval_session_hours: float = Field(default=8, gt=0, le=24 * 30)
+
+    # Audit service (docs/audit.md)
+    # Segments, keyring and erasable payloads; unset means <data_dir>/audit.
+    audit_dir: Path | None = None
+    # Ed25519 signing key (PEM); unset means <data_dir>/audit-keys/signing.pem, generated (0600) on first
+    # start. KEEL_AUDIT_SIGNING_KEY (a base64 seed) is used instead when set and this is unset.
+    audit_signing_key_file: Path | None = None
+    # Where sealed segments go: files in <audit_dir>/segments, or a JetStream object store bucket.
+    audit_store: Literal["directory", "object_store"] = "directory"
+    audit_bucket: str = Field(default="KEEL_AUDIT", pattern=r"^[A-Za-z0-9_-]+$")
+    audit_segment_max_records: int = Field(default=1024, ge=1, le=100_000)
+    audit_segment_max_age_seconds: float = Field(default=60, gt=0)
+    # An idle writer seals an empty, signed heartbeat segment this often; unset means the max age.
+    audit_heartbeat_seconds: float | None = Field(default=None, gt=0)
+    # How often the service re-verifies the whole log for its metrics; 0 disables.
+    audit_verify_interval_seconds: float = Field(default=600, ge=0)
+    # JSON pointers (RFC 6901) stored as salted commitments in every event, clear values kept apart.
+    audit_sensitive_pointers: list[str] = []
 
 
 def load_settings(**overrides: object) -> KeelSettings:

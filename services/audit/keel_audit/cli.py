@@ -1,41 +1,67 @@
 """``keel audit ...``: verify, prove, keys, checkpoint, show. Mounted by the main CLI as a sub-app.
 
-Exit codes of ``verify`` (and ``prove``): 0 valid, 2 tampered, 3 incomplete, 1 error.
+Exit codes of ``verify``, ``prove`` and ``show``: 0 valid, 2 tampered, 3 incomplete, 1 error.
+The log is read from an audit directory (default: ``$KEEL_AUDIT_DIR``, else ``<KEEL_DATA_DIR>/audit``,
+which is ``.keel/audit``, the embedded stack's, when run from the repo) or, with ``--bucket``, from the
+JetStream object store the service writes when ``KEEL_AUDIT_STORE=object_store``. See docs/audit.md.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from keel_audit.checkpoint import Checkpoint
+from keel_audit.config import audit_dir
 from keel_audit.erasure import DirectoryPayloadStore
 from keel_audit.errors import AuditError, RecordNotFoundError
-from keel_audit.keyring import Keyring, KeyringFile
+from keel_audit.keyring import Keyring, KeyringFile, KeyringStore
+from keel_audit.objstore import LoopBridge, ObjectStoreSegmentStore, background_loop
 from keel_audit.proofs import prove_inclusion, verify_inclusion_proof
 from keel_audit.reconstruct import run_records
+from keel_audit.runreport import collect, render_text
 from keel_audit.signing import Signer, encode_public_key, load_signer, write_private_key
-from keel_audit.store import AuditDirectory, DirectorySegmentStore
+from keel_audit.store import AuditDirectory, DirectorySegmentStore, SegmentStore
 from keel_audit.verify import Kind, Problem, Severity, Verdict, verify_log
+from keel_shared.connection import connect
+from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
 app = typer.Typer(name="audit", help="Verify, prove and read the signed audit log.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage audit signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 DirOption = Annotated[
-    Path,
-    typer.Option("--dir", envvar="KEEL_AUDIT_DIR", help="Audit directory (segments/, keyring.json, payloads/)."),
+    Path | None,
+    typer.Option(
+        "--dir",
+        envvar="KEEL_AUDIT_DIR",
+        help="Audit directory (segments/, keyring.json, payloads/); default <KEEL_DATA_DIR>/audit, "
+        "i.e. .keel/audit, the embedded stack's.",
+        show_default=False,
+    ),
 ]
+BucketOption = Annotated[
+    str | None,
+    typer.Option("--bucket", help="Read segments and keyring from this JetStream object store bucket instead."),
+]
+NatsUrlOption = Annotated[str, typer.Option("--nats-url", envvar="KEEL_NATS_URL", help="NATS server (with --bucket).")]
 KeyringOption = Annotated[
     Path | None,
     typer.Option("--keyring", help="Trusted keyring (an out-of-band copy); default: the one in --dir."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-DEFAULT_DIR = Path(".keel/audit")
+
+
+def default_dir() -> Path:
+    """The audit directory the service writes with the same environment (``.keel/audit`` by default)."""
+    return audit_dir(KeelSettings())
 
 
 def _fail(message: str) -> typer.Exit:
@@ -43,17 +69,52 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(int(Verdict.ERROR))
 
 
-def _keyring(layout: AuditDirectory, path: Path | None) -> tuple[Keyring, bool]:
-    """The keyring and whether it came from outside the audit directory."""
-    keyring = KeyringFile(path or layout.keyring).load()
-    if keyring is None:
-        raise AuditError(f"no keyring at {path or layout.keyring}")
-    return keyring, path is not None
+@dataclass(frozen=True, slots=True)
+class _Log:
+    """Where one command reads the log: segments, the keyring published next to them, payloads."""
+
+    store: SegmentStore
+    published_keyring: KeyringStore
+    layout: AuditDirectory
+    where: str
+
+    def keyring(self, path: Path | None) -> tuple[Keyring, bool]:
+        """The keyring and whether it came from outside the log's own storage."""
+        keyring = KeyringFile(path).load() if path is not None else self.published_keyring.load()
+        if keyring is None:
+            raise AuditError(f"no keyring at {path or self.where}")
+        return keyring, path is not None
+
+    def payloads(self, path: Path | None = None) -> DirectoryPayloadStore | None:
+        directory = path or self.layout.payloads
+        return DirectoryPayloadStore(directory) if directory.is_dir() else None
+
+
+@contextmanager
+def _open_log(directory: Path | None, bucket: str | None = None, nats_url: str = DEFAULT_NATS_URL) -> Iterator[_Log]:
+    layout = AuditDirectory(directory or default_dir())
+    if bucket is None:
+        yield _Log(DirectorySegmentStore(layout.segments), KeyringFile(layout.keyring), layout, str(layout.root))
+        return
+    with background_loop() as loop:
+        bridge = LoopBridge(loop)
+        settings = KeelSettings(nats_url=nats_url)
+        try:
+            nc = bridge.call(lambda: connect(settings, "audit-cli", retry_initial=False, quiet=True))
+        except Exception as exc:
+            raise AuditError(f"cannot connect to NATS at {nats_url}: {exc}") from exc
+        try:
+            store = ObjectStoreSegmentStore(nc.jetstream(), bucket, bridge)
+            yield _Log(store, store.keyring(), layout, f"object store bucket {bucket}")
+        finally:
+            bridge.call(nc.close)
 
 
 @app.command()
 def verify(
-    directory: DirOption = DEFAULT_DIR,
+    directory: DirOption = None,
+    bucket: BucketOption = None,
+    nats_url: NatsUrlOption = DEFAULT_NATS_URL,
     from_checkpoint: Annotated[
         Path | None,
         typer.Option("--from-checkpoint", help="Trusted checkpoint the log must reach and match."),
@@ -70,19 +131,19 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check every record, root, chain link, signature, key window and the tail; exit 0/2/3 (1: error)."""
-    layout = AuditDirectory(directory)
     try:
-        keyring, independent = _keyring(layout, keyring_path)
-        checkpoint = Checkpoint.load(from_checkpoint) if from_checkpoint else None
-        payload_dir = payloads or layout.payloads
-        report = verify_log(
-            DirectorySegmentStore(layout.segments),
-            keyring,
-            checkpoint=checkpoint,
-            payloads=DirectoryPayloadStore(payload_dir) if payload_dir.is_dir() else None,
-            max_age=None if max_age is None else timedelta(seconds=max_age),
-            now=datetime.now(UTC),
-        )
+        with _open_log(directory, bucket, nats_url) as log:
+            where = log.where
+            keyring, independent = log.keyring(keyring_path)
+            checkpoint = Checkpoint.load(from_checkpoint) if from_checkpoint else None
+            report = verify_log(
+                log.store,
+                keyring,
+                checkpoint=checkpoint,
+                payloads=log.payloads(payloads),
+                max_age=None if max_age is None else timedelta(seconds=max_age),
+                now=datetime.now(UTC),
+            )
     except AuditError as exc:
         raise _fail(str(exc)) from exc
     if not independent:
@@ -97,7 +158,7 @@ def verify(
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
-        typer.echo(f"Verifying audit log in {directory} (stream {keyring.stream})")
+        typer.echo(f"Verifying audit log in {where} (stream {keyring.stream})")
         for problem in report.problems:
             where = "" if problem.segment is None else f"[segment {problem.segment}] "
             typer.echo(f"  {problem.severity.value.upper():<10} {problem.kind.value:<24} {where}{problem.message}")
@@ -115,15 +176,17 @@ def verify(
 @app.command()
 def prove(
     record: Annotated[str, typer.Argument(help="A record id, or the stream sequence of an event.")],
-    directory: DirOption = DEFAULT_DIR,
+    directory: DirOption = None,
+    bucket: BucketOption = None,
+    nats_url: NatsUrlOption = DEFAULT_NATS_URL,
     keyring_path: KeyringOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print an inclusion proof of one record against the newest seal, and check it."""
-    layout = AuditDirectory(directory)
     try:
-        keyring, _ = _keyring(layout, keyring_path)
-        proof = prove_inclusion(DirectorySegmentStore(layout.segments), record)
+        with _open_log(directory, bucket, nats_url) as log:
+            keyring, _ = log.keyring(keyring_path)
+            proof = prove_inclusion(log.store, record)
     except RecordNotFoundError as exc:
         raise _fail(str(exc)) from exc
     except AuditError as exc:
@@ -158,7 +221,9 @@ def keys_generate(
 
 @app.command()
 def checkpoint(
-    directory: DirOption = DEFAULT_DIR,
+    directory: DirOption = None,
+    bucket: BucketOption = None,
+    nats_url: NatsUrlOption = DEFAULT_NATS_URL,
     out: Annotated[Path, typer.Option("--out", help="Where to write the checkpoint (must not exist).")] = Path(
         "checkpoint.json"
     ),
@@ -166,10 +231,10 @@ def checkpoint(
     keyring_path: KeyringOption = None,
 ) -> None:
     """Verify the log and write a checkpoint of its newest segment (refused if the log is tampered)."""
-    layout = AuditDirectory(directory)
     try:
-        keyring, _ = _keyring(layout, keyring_path)
-        report = verify_log(DirectorySegmentStore(layout.segments), keyring)
+        with _open_log(directory, bucket, nats_url) as log:
+            keyring, _ = log.keyring(keyring_path)
+            report = verify_log(log.store, keyring)
         if report.verdict is Verdict.TAMPERED or report.head is None:
             raise AuditError(f"log verdict is {report.verdict.name}; no checkpoint written (run verify)")
         head = report.head
@@ -192,35 +257,31 @@ def checkpoint(
 @app.command()
 def show(
     run_id: Annotated[str, typer.Argument(help="The run id (4th token of the run's subjects).")],
-    directory: DirOption = DEFAULT_DIR,
+    directory: DirOption = None,
+    bucket: BucketOption = None,
+    nats_url: NatsUrlOption = DEFAULT_NATS_URL,
     keyring_path: KeyringOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Print the records of one run as a timeline, each marked verified or not."""
-    layout = AuditDirectory(directory)
+    """Rebuild one run from the segments alone: trigger, decisions and why, attempts, approvals, writes,
+    final state, and whether every record of it verified. Exit 0 verified, 2 tampered, 3 incomplete,
+    1 no such run (or an error)."""
     try:
-        keyring, _ = _keyring(layout, keyring_path)
-        payloads = DirectoryPayloadStore(layout.payloads) if layout.payloads.is_dir() else None
-        rows = list(run_records(DirectorySegmentStore(layout.segments), keyring, run_id, payloads=payloads))
+        with _open_log(directory, bucket, nats_url) as log:
+            keyring, _ = log.keyring(keyring_path)
+            rows = list(run_records(log.store, keyring, run_id, payloads=log.payloads()))
+            # The records of the run can all check out while a segment that held more of them is gone:
+            # the verdict includes the whole log's.
+            log_verdict = verify_log(log.store, keyring).verdict
     except AuditError as exc:
         raise _fail(str(exc)) from exc
+    report = collect(run_id, rows, log_verdict)
+    if not report.events:
+        raise _fail(f"no records of run {run_id} in the audit log")
+    doc = report.to_json()
     if as_json:
-        out: list[dict[str, Any]] = [
-            {
-                "leaf_index": r.leaf_index,
-                "segment": r.segment_index,
-                "verified": r.verified,
-                "payload": r.payload,
-                "record": r.record,
-            }
-            for r in rows
-        ]
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(doc, indent=2))
     else:
-        if not rows:
-            typer.echo(f"no records of run {run_id}")
-        for r in rows:
-            mark = "ok " if r.verified else "BAD"
-            seq = "" if r.seq is None else str(r.seq)
-            typer.echo(f"{mark} {seq:>8}  {r.time or '':<27}  {r.event_type:<28}  {json.dumps(r.body, sort_keys=True)}")
-    raise typer.Exit(0 if all(r.verified for r in rows) else int(Verdict.TAMPERED))
+        for line in render_text(doc):
+            typer.echo(line)
+    raise typer.Exit(doc["exit_code"])

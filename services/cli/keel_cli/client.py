@@ -6,30 +6,33 @@ async with KeelClient.connect("nats://127.0.0.1:4244") as keel:
 """
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from pydantic import JsonValue
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode, decode_event
+from keel_contracts.codec import ContractViolation, decode_event
+from keel_contracts.commands import CancelRun, CancelRunBody, HumanInput, HumanInputBody
 from keel_contracts.deadletter import DeadLetter
-from keel_contracts.envelope import Message
-from keel_contracts.events import FINAL_STATUS_OF_EVENT, RunStarted, TriggerJoined
-from keel_contracts.runs import RunView, view_key
+from keel_contracts.envelope import Message, new_id
+from keel_contracts.events import FINAL_STATUS_OF_EVENT, HumanInputReceived, HumanInputRejected
+from keel_contracts.runs import RunStatus, RunView, view_key
+from keel_shared.connection import inbox_prefix
 from keel_shared.eventstore import EventStore
-from keel_shared.publishing import publish_message
-from keel_shared.triggers import build_trigger
+from keel_shared.follow import StartAt, follow
+from keel_shared.submitting import AnswerFn, Refused, submit_and_await
+from keel_shared.triggers import build_trigger, submit_trigger
+
+T = TypeVar("T")
 
 
 class KeelError(Exception):
@@ -64,6 +67,17 @@ class TriggerAnswer:
             "reason": self.reason,
             "output": self.output,
         }
+
+
+@dataclass(frozen=True)
+class InputAnswer:
+    run_id: str
+    accepted: bool
+    step_id: str | None
+    problems: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "accepted": self.accepted, "step_id": self.step_id, "problems": self.problems}
 
 
 @dataclass(frozen=True)
@@ -107,8 +121,16 @@ class KeelClient:
             return None
 
         options.setdefault("error_cb", quiet)
+        # A secured server (docs/security.md): the `cli` identity's seed, and its private inbox prefix,
+        # the only replies that identity may receive.
+        seed = options.get("nkeys_seed") or os.environ.get("KEEL_NATS_NKEY_SEED_FILE")
+        if seed:
+            options["nkeys_seed"] = seed
+            options.setdefault("inbox_prefix", inbox_prefix("cli"))
         try:
-            nc = await nats.connect(url, name="keel-cli", connect_timeout=3, max_reconnect_attempts=3, **options)
+            # A cluster is given as a comma-separated list of its nodes' URLs (docs/operations.md).
+            servers = [u.strip() for u in url.split(",") if u.strip()]
+            nc = await nats.connect(servers, name="keel-cli", connect_timeout=3, max_reconnect_attempts=3, **options)
         except Exception as exc:
             raise KeelError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
         return cls(nc, tenant)
@@ -138,65 +160,101 @@ class KeelClient:
         """Start (or join) the run for this intent. Returns once the router has answered; with `wait`,
         once the run has finished."""
         trig = build_trigger(workflow, input, intent_key, source=source, tenant=self.tenant)
-        rejected: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        async def on_dead_letter(msg: Msg) -> None:
-            try:
-                letter = decode(DeadLetter, msg.data)
-            except ContractViolation:
-                return
-            if letter.message_id == trig.dedupe_key and not rejected.done():
-                rejected.set_result(letter)
-
-        # Subscribe before publishing so neither the answer nor a rejection can be missed.
-        dlq_sub = await self.nc.subscribe(s.dlq_subject(s.ROUTER, "*"), cb=on_dead_letter)
-        events = self._follow(s.run_filter(workflow, trig.run_id), DeliverPolicy.ALL)
-        next_event: asyncio.Future[Any] | None = None
         try:
-            await publish_message(self.js, s.trigger_subject(source), trig, trig.dedupe_key, timeout=self._timeout)
-            joined: bool | None = None
-            final: TimelineEntry | None = None  # the run may have finished before this trigger joined it
-            async with asyncio.timeout(timeout):
-                while True:
-                    next_event = asyncio.ensure_future(anext(events))
-                    done, _ = await asyncio.wait({next_event, rejected}, return_when=asyncio.FIRST_COMPLETED)
-                    if rejected in done:
-                        raise TriggerRejected(rejected.result())
-                    entry = next_event.result()
-                    event = entry.event
-                    if entry.type in FINAL_STATUS_OF_EVENT:
-                        final = entry
-                    if (
-                        joined is None
-                        and isinstance(event, RunStarted | TriggerJoined)
-                        and event.causation_id == trig.id
-                    ):
-                        joined = isinstance(event, TriggerJoined)
-                    if joined is None:
-                        continue
-                    if not wait:
-                        return self._answer(trig.run_id, joined, workflow, trig.body.intent_key, trig.id)
-                    if final is not None:
-                        body = getattr(final.event, "body", None)
-                        return self._answer(
-                            trig.run_id,
-                            joined,
-                            workflow,
-                            trig.body.intent_key,
-                            trig.id,
-                            status=FINAL_STATUS_OF_EVENT[final.type],
-                            output=getattr(body, "output", None),
-                            reason=getattr(body, "reason", None),
-                        )
+            outcome = await submit_trigger(self.nc, self.js, trig, wait=wait, timeout=timeout)
+        except Refused as exc:
+            raise TriggerRejected(exc.letter) from None
         except TimeoutError:
             raise KeelError(f"no answer for run {trig.run_id} within {timeout}s (is `keel up` running?)") from None
-        finally:
-            if next_event is not None and not next_event.done():
-                next_event.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await next_event
-            await dlq_sub.unsubscribe()
-            await events.aclose()
+        return self._answer(
+            trig.run_id,
+            outcome.joined,
+            workflow,
+            trig.body.intent_key,
+            trig.id,
+            status=outcome.status,
+            output=outcome.output,
+            reason=outcome.reason,
+        )
+
+    # --- operating a run -------------------------------------------------------------------------
+    async def human_input(
+        self,
+        run_id: str,
+        data: dict[str, JsonValue],
+        *,
+        submitted_by: str,
+        step_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> InputAnswer:
+        """Give input to a run parked in `needs_human`. The router validates it against the step's
+        schema; the answer says whether it was accepted, or which problems made it refuse the input."""
+        view = await self._existing(run_id)
+        cmd_id = new_id()
+        cmd = HumanInput(
+            id=cmd_id,
+            run_id=run_id,
+            workflow=view.workflow,
+            tenant=view.tenant,
+            correlation_id=cmd_id,
+            actor=f"human:{submitted_by}",
+            dedupe_key=f"input:{cmd_id}",
+            body=HumanInputBody(input=data, submitted_by=submitted_by, step_id=step_id),
+        )
+
+        def answer(event_type: str, event: Message | None) -> InputAnswer | None:
+            if isinstance(event, HumanInputReceived) and event.body.command_id == cmd_id:
+                return InputAnswer(run_id, True, event.step_id, [])
+            if isinstance(event, HumanInputRejected) and event.body.command_id == cmd_id:
+                return InputAnswer(run_id, False, event.step_id, list(event.body.problems))
+            return None
+
+        return await self._submit(s.router_input_subject(run_id), cmd, view.workflow, answer, timeout)
+
+    async def cancel(self, run_id: str, *, requested_by: str, reason: str, timeout: float = 30.0) -> RunView:
+        """Cancel a run: no new step or write starts. Returns the run's state afterwards (a run that had
+        already finished keeps its final state)."""
+        view = await self._existing(run_id)
+        if view.status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED):
+            return view
+        cmd_id = new_id()
+        cmd = CancelRun(
+            id=cmd_id,
+            run_id=run_id,
+            workflow=view.workflow,
+            tenant=view.tenant,
+            correlation_id=cmd_id,
+            actor=f"human:{requested_by}",
+            dedupe_key=f"cancel:{cmd_id}",
+            body=CancelRunBody(reason=reason, requested_by=requested_by),
+        )
+
+        def answer(event_type: str, event: Message | None) -> bool | None:
+            # Cancelled by this command, or finished on its own before the command arrived.
+            return True if event_type in FINAL_STATUS_OF_EVENT else None
+
+        await self._submit(s.router_cancel_subject(run_id), cmd, view.workflow, answer, timeout)
+        try:
+            return await eventually_final(self, run_id, timeout)
+        except TimeoutError:
+            raise KeelError(f"run {run_id} was cancelled but its view did not follow within {timeout}s") from None
+
+    async def _existing(self, run_id: str) -> RunView:
+        s.token(run_id, "run id")
+        view = await self.run(run_id)
+        if view is None:
+            raise KeelError(f"no run {run_id}")
+        return view
+
+    async def _submit(self, subject: str, cmd: Message, workflow: str, answer: AnswerFn[T], timeout: float) -> T:
+        try:
+            return await submit_and_await(
+                self.nc, self.js, subject, cmd, s.run_filter(workflow, cmd.run_id), answer, timeout=timeout
+            )
+        except Refused as exc:
+            raise KeelError(f"refused ({exc.letter.reason}): {exc.letter.detail}") from None
+        except TimeoutError:
+            raise KeelError(f"no answer for run {cmd.run_id} within {timeout}s (is the router running?)") from None
 
     @staticmethod
     def _answer(run_id: str, joined: bool, workflow: str, key: str, tid: str, **extra: Any) -> TriggerAnswer:
@@ -236,25 +294,17 @@ class KeelClient:
         stored = await self._events.read(s.any_workflow_run_filter(run_id))
         return [_entry(e.seq, e.subject, e.data) for e in stored]
 
-    async def watch(self, subject_filter: str = s.EVENTS_ALL, from_start: bool = False) -> AsyncIterator[TimelineEntry]:
-        """Run events as they are stored, in stream order. An ordered consumer recreates itself after a
-        disconnect from the last sequence it delivered, so nothing is missed or repeated."""
-        async for entry in self._follow(subject_filter, DeliverPolicy.ALL if from_start else DeliverPolicy.NEW):
-            yield entry
-
-    async def _follow(self, subject_filter: str, policy: DeliverPolicy) -> AsyncGenerator[TimelineEntry, None]:
-        sub = await self.js.subscribe(
-            subject_filter,
-            stream=s.EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=policy),
-        )
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=None)
-                yield _entry(msg.metadata.sequence.stream, msg.subject, msg.data)
-        finally:
-            await sub.unsubscribe()
+    async def watch(
+        self, subject_filter: str = s.EVENTS_ALL, from_start: bool = False, after: int | None = None
+    ) -> AsyncIterator[TimelineEntry]:
+        """Run events as they are stored, in stream order: all of them (`from_start`), those after stream
+        sequence `after` (resuming where an earlier watch stopped), or only new ones. It survives
+        disconnects and server restarts, resuming after the last sequence it delivered, so nothing is
+        missed or repeated (see keel_shared.follow and docs/events.md)."""
+        start = StartAt.ALL if from_start else StartAt.NEW
+        async for delivered in follow(self.js, s.EVENTS_STREAM, subject_filter, after=after, start=start):
+            if delivered is not None:
+                yield _entry(delivered.seq, delivered.subject, delivered.data)
 
 
 def _entry(seq: int, subject: str, data: bytes) -> TimelineEntry:
@@ -263,3 +313,13 @@ def _entry(seq: int, subject: str, data: bytes) -> TimelineEntry:
     except ContractViolation:
         event = None
     return TimelineEntry(seq=seq, subject=subject, event=event, raw=data)
+
+
+async def eventually_final(keel: KeelClient, run_id: str, timeout: float) -> RunView:
+    """The run's view once the router has stored its final state (the view follows the event)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            view = await keel.run(run_id)
+            if view is not None and view.status.terminal:
+                return view
+            await asyncio.sleep(0.05)

@@ -3,7 +3,9 @@ the embedded default's URL). `--json` output is one JSON document, documented in
 
 import asyncio
 import contextlib
+import getpass
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,6 +15,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from nats.errors import Error as NatsError
 
+from keel_approval import cli as approval_cli
+from keel_audit import cli as audit_cli
 from keel_cli import render
 from keel_cli.client import KeelClient, KeelError, TriggerRejected
 from keel_cli.stack import Stack
@@ -23,6 +27,7 @@ from keel_sandbox import cli as sandbox_cli
 from keel_shared.connection import connect
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
+from keel_shared.security import CLI, init_secure
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
 app = typer.Typer(help="Keel: a durable control layer for AI agents that act on real systems.", no_args_is_help=True)
@@ -30,6 +35,10 @@ run_app = typer.Typer(help="Inspect one run.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(workflow_cli.app, name="workflow", help="Validate and list workflow files.")
 app.add_typer(sandbox_cli.app, name="sandbox", help="Serve the sandbox systems of record (tickets, CRM, billing...).")
+approval_cli.mount(app)
+# `keel audit ...` reads the log the audit service writes; --dir defaults to <KEEL_DATA_DIR>/audit
+# (.keel/audit, the embedded stack's, when run from the repo). See docs/audit.md.
+app.add_typer(audit_cli.app, name="audit")
 
 T = TypeVar("T")
 
@@ -59,8 +68,28 @@ def _emit(doc: Any) -> None:
 
 
 @app.command()
-def init(nats_url: NatsUrl = DEFAULT_NATS_URL) -> None:
+def init(
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Instead of provisioning: create one NKEY identity per service and the nats-server "
+            "authorization config that limits each to its own subjects (docs/security.md).",
+        ),
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where --secure writes nats-auth.conf and nkeys/*.nk.")] = Path(
+        ".keel/secure"
+    ),
+) -> None:
     """Create or update Keel's streams, buckets and consumers (an admin step)."""
+    if secure:
+        layout = init_secure(out, KeelSettings())
+        typer.echo(f"wrote {layout.auth_config} (include it in the nats-server config)")
+        for name, identity in layout.identities.items():
+            typer.echo(f"  {name:<10} {identity.public_key}  seed {identity.seed_file} (0600)")
+        typer.echo("then: KEEL_NATS_NKEY_SEED_FILE=<admin seed> keel init   (provisioning needs the admin identity)")
+        return
 
     async def go() -> None:
         settings = KeelSettings(nats_url=nats_url)
@@ -89,9 +118,13 @@ def up(
     workflows_dir: Annotated[Path, typer.Option(envvar="KEEL_WORKFLOWS_DIR")] = Path("workflows"),
     demo: Annotated[bool, typer.Option(help="Run the demo workflow once the stack is up.")] = False,
     exit_after_demo: Annotated[bool, typer.Option(help="Stop the stack after the demo.")] = False,
+    secure: Annotated[
+        bool, typer.Option("--secure", help="One NKEY identity per service, each limited to its subjects.")
+    ] = False,
 ) -> None:
     """Run Keel on this machine: nats-server, streams, and every service, until Ctrl-C."""
-    stack = Stack(data_dir, nats_port, http_port, nats_url, executors, workflows_dir)
+    secure_dir = data_dir / "secure" if secure else None
+    stack = Stack(data_dir, nats_port, http_port, nats_url, executors, workflows_dir, secure_dir=secure_dir)
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -109,7 +142,8 @@ def up(
                 typer.echo(f"warning: not healthy yet: {', '.join(unhealthy)}", err=True)
             typer.echo(f"Try: keel trigger demo --input '{{}}' --key k1 --wait   (KEEL_NATS_URL={stack.nats_url})")
             if demo:
-                code = await _demo(stack.nats_url)
+                seed = {"nkeys_seed": str(stack.secure.seed_file(CLI))} if stack.secure else {}
+                code = await _demo(stack.nats_url, **seed)
                 if exit_after_demo:
                     return code
             typer.echo("Press Ctrl-C to stop.")
@@ -128,10 +162,10 @@ def up(
     raise typer.Exit(code)
 
 
-async def _demo(nats_url: str) -> int:
+async def _demo(nats_url: str, **options: Any) -> int:
     import time
 
-    async with await KeelClient.connect(nats_url) as keel:
+    async with await KeelClient.connect(nats_url, **options) as keel:
         key = f"demo-{int(time.time())}"
         typer.echo(f"\nDemo: keel trigger demo --key {key} --wait")
         answer = await keel.trigger("demo", {"customer": "ACME", "amount": 42}, key, wait=True, timeout=60)
@@ -246,11 +280,87 @@ def run_show(
         typer.echo(render.timeline_line(entry))
 
 
+def _operator() -> str:
+    return os.environ.get("KEEL_OPERATOR") or getpass.getuser()
+
+
+@run_app.command("input")
+def run_input(
+    run_id: Annotated[str, typer.Argument(help="Run id (parked in needs_human).")],
+    input_json: Annotated[str, typer.Option("--json", help="The input, a JSON object.")],
+    step: Annotated[str | None, typer.Option(help="Only if the run waits at this step.")] = None,
+    by: Annotated[str | None, typer.Option(help="Who answers (default: $KEEL_OPERATOR, else the local user).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the router's answer.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--output-json", help="Print one JSON document.")] = False,
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+) -> None:
+    """Give a parked run the input it waits for; invalid input is refused and the run stays parked."""
+    try:
+        data = json.loads(input_json)
+    except ValueError as exc:
+        typer.echo(f"error: --json is not valid JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not isinstance(data, dict):
+        typer.echo("error: --json must be a JSON object", err=True)
+        raise typer.Exit(2)
+
+    async def go() -> Any:
+        async with await KeelClient.connect(nats_url) as keel:
+            try:
+                return await keel.human_input(
+                    run_id, data, submitted_by=by or _operator(), step_id=step, timeout=timeout
+                )
+            except ValueError as exc:
+                raise KeelError(str(exc)) from None
+
+    answer = _run(go)
+    if as_json:
+        _emit(answer.to_json())
+    elif answer.accepted:
+        typer.echo(f"input accepted for step {answer.step_id}; run {run_id} continues")
+    else:
+        typer.echo(f"error: input refused; run {run_id} stays parked:", err=True)
+        for problem in answer.problems:
+            typer.echo(f"  {problem}", err=True)
+    if not answer.accepted:
+        raise typer.Exit(1)
+
+
+@run_app.command("cancel")
+def run_cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    reason: Annotated[str, typer.Option(help="Why, recorded on the run.")] = "cancelled by an operator",
+    by: Annotated[str | None, typer.Option(help="Who cancels (default: $KEEL_OPERATOR, else the local user).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the router's answer.")] = 30.0,
+    as_json: JsonFlag = False,
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+) -> None:
+    """Cancel a run: no new step or write starts (a write already sent finishes; nothing follows it)."""
+
+    async def go() -> Any:
+        async with await KeelClient.connect(nats_url) as keel:
+            try:
+                return await keel.cancel(run_id, requested_by=by or _operator(), reason=reason, timeout=timeout)
+            except ValueError as exc:
+                raise KeelError(str(exc)) from None
+
+    view = _run(go)
+    if as_json:
+        _emit(view.model_dump(mode="json"))
+    else:
+        typer.echo(f"run {run_id} is {view.status}: {view.reason}")
+    if view.status != RunStatus.CANCELLED:
+        raise typer.Exit(1)
+
+
 @app.command()
 def watch(
     run_id: Annotated[str | None, typer.Argument(help="Follow one run (default: every run).")] = None,
     workflow: Annotated[str | None, typer.Option(help="Follow every run of one workflow.")] = None,
     from_start: Annotated[bool, typer.Option(help="Replay stored events first.")] = False,
+    after: Annotated[
+        int | None, typer.Option(help="Resume after this stream sequence (the `seq` of the last event you saw).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document per line.")] = False,
     nats_url: NatsUrl = DEFAULT_NATS_URL,
 ) -> None:
@@ -266,7 +376,7 @@ def watch(
 
     async def go() -> None:
         async with await KeelClient.connect(nats_url) as keel:
-            async for entry in keel.watch(subject, from_start=from_start):
+            async for entry in keel.watch(subject, from_start=from_start, after=after):
                 typer.echo(json.dumps(entry.to_json(), default=str) if as_json else render.timeline_line(entry))
                 sys.stdout.flush()
 

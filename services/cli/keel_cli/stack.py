@@ -15,6 +15,7 @@ from pathlib import Path
 from keel_shared.connection import connect
 from keel_shared.natsserver import NatsServer, free_port
 from keel_shared.provisioning import provision
+from keel_shared.security import SecureLayout, init_secure
 from keel_shared.settings import KeelSettings
 
 
@@ -24,6 +25,8 @@ class ServiceSpec:
     module: str
     metrics_port: int
     instance: int = 0
+    # Environment only this service gets (e.g. the approval service's HTTP port).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -40,7 +43,8 @@ class Child:
 
 
 def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
-    """Router on http_port+1, executors after it. http_port 0 gives every service a free port."""
+    """Approval inbox on http_port, router on http_port+1, executors after it, then the approval
+    and audit services' metrics. http_port 0 gives every service a free port."""
 
     def port(offset: int) -> int:
         return free_port() if http_port == 0 else http_port + offset
@@ -48,6 +52,21 @@ def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
     specs = [ServiceSpec("router", "keel_router", port(1))]
     for i in range(executors):
         specs.append(ServiceSpec("executor", "keel_executor", port(2 + i), instance=i + 1 if executors > 1 else 0))
+    # The approval inbox is what people open, so it gets the front port itself.
+    specs.append(
+        ServiceSpec("approval", "keel_approval", port(2 + executors), env={"KEEL_APPROVAL_HTTP_PORT": str(port(0))})
+    )
+    specs.append(ServiceSpec("audit", "keel_audit", port(3 + executors)))
+    # The live dashboard: metrics port, then its page; it links to the approval inbox.
+    inbox = next(spec.env["KEEL_APPROVAL_HTTP_PORT"] for spec in specs if spec.name == "approval")
+    dashboard_env = {
+        "KEEL_DASHBOARD_HTTP_PORT": str(port(5 + executors)),
+        "KEEL_APPROVAL_URL": f"http://127.0.0.1:{inbox}",
+    }
+    specs.append(ServiceSpec("dashboard", "keel_dashboard", port(4 + executors), env=dashboard_env))
+    # The webhook ingress serves hooks, /healthz and /metrics on one port.
+    ingress = port(6 + executors)
+    specs.append(ServiceSpec("ingress", "keel_router.ingress", ingress, env={"KEEL_INGRESS_HTTP_PORT": str(ingress)}))
     return specs
 
 
@@ -62,6 +81,7 @@ class Stack:
         workflows_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
         settings: KeelSettings | None = None,
+        secure_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.http_port = http_port
@@ -74,6 +94,16 @@ class Stack:
         self._settings = settings or KeelSettings()
         self.children: dict[str, Child] = {}
         self._stopping = False
+        # `--secure`: one NKEY identity per service (docs/security.md); the embedded server includes the
+        # generated authorization block, and each child gets only its own seed.
+        self.secure: SecureLayout | None = None
+        if secure_dir is not None:
+            self.secure = init_secure(secure_dir.resolve(), self._settings)
+            if self.server is not None:
+                # nats-server resolves an include relative to the including file, never as absolute.
+                auth = os.path.relpath(self.secure.auth_config, self.server.data_dir)
+                include = f'include "{Path(auth).as_posix()}"'
+                self.server.extra_config = "\n".join(x for x in (self.server.extra_config, include) if x)
 
     @property
     def nats_url(self) -> str:
@@ -81,6 +111,21 @@ class Stack:
             return self._nats_url
         assert self.server is not None
         return self.server.url
+
+    @property
+    def approval_url(self) -> str | None:
+        """Base URL of the approval API and inbox."""
+        for spec in self.specs:
+            if spec.name == "approval":
+                return f"http://127.0.0.1:{spec.env['KEEL_APPROVAL_HTTP_PORT']}"
+        return None
+
+    @property
+    def dashboard_url(self) -> str | None:
+        for spec in self.specs:
+            if spec.name == "dashboard":
+                return f"http://127.0.0.1:{spec.env['KEEL_DASHBOARD_HTTP_PORT']}/"
+        return None
 
     def _env(self, spec: ServiceSpec) -> dict[str, str]:
         env = dict(os.environ)
@@ -93,7 +138,10 @@ class Stack:
                 "KEEL_INSTANCE_ID": f"{spec.label}-{os.getpid()}",
             }
         )
+        env.update(spec.env)
         env.update(self.extra_env)
+        if self.secure is not None:
+            env["KEEL_NATS_NKEY_SEED_FILE"] = str(self.secure.seed_file(spec.name))
         return env
 
     def _spawn(self, spec: ServiceSpec, restarts: int = 0) -> Child:
@@ -117,6 +165,8 @@ class Stack:
         if self.server is not None:
             self.server.start()
         settings = self._settings.model_copy(update={"nats_url": self.nats_url})
+        if self.secure is not None:
+            settings = settings.model_copy(update={"nats_nkey_seed_file": self.secure.seed_file("admin")})
         nc = await connect(settings, "admin", retry_initial=False, quiet=True)
         try:
             await provision(nc.jetstream(), settings)
@@ -195,6 +245,10 @@ class Stack:
                     f"pid {child.proc.pid}  http://127.0.0.1:{child.spec.metrics_port}/metrics  log {child.log_path}",
                 )
             )
+        if self.approval_url:
+            rows.append(("inbox", f"{self.approval_url}/inbox  (approvers: keel approvers add NAME --role ROLE)"))
+        if self.dashboard_url:
+            rows.append(("dashboard", self.dashboard_url))
         rows.append(("workflows", str(self.workflows_dir)))
         return rows
 

@@ -2,13 +2,15 @@
 
 import asyncio
 import contextlib
+import json
 
 from faststream.nats import NatsMessage
+from nats.aio.msg import Msg
 
 from keel_contracts import subjects as s
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.events import StepFailed, StepSucceeded
-from keel_executor.claims import ClaimLost, KvClaims
+from keel_executor.claims import ClaimLost, ClaimState, KvClaims
 from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
@@ -33,18 +35,32 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     registry = tools or ToolRegistry.from_entry_points()
     executor: Executor | None = None
 
+    async def claims() -> KvClaims:
+        return KvClaims(await runtime.kv(s.CLAIMS_BUCKET))
+
     async def get_executor() -> Executor:
         nonlocal executor
         if executor is None:
             store = EventStore(runtime.nc, runtime.js, s.EXECUTOR, timeout=settings.publish_timeout)
             executor = Executor(
                 registry,
-                KvClaims(await runtime.kv(s.CLAIMS_BUCKET)),
+                await claims(),
                 StreamOutcomes(store),
                 runtime.instance_id,
                 str(settings.data_dir),
             )
         return executor
+
+    async def history(raw: Msg) -> str | None:
+        # A command about to be dead-lettered: its claim says who held it, when, and how tries ended.
+        try:
+            dedupe_key = json.loads(raw.data).get("dedupe_key")
+        except (ValueError, AttributeError):
+            dedupe_key = None
+        dedupe_key = dedupe_key or (raw.headers or {}).get("Nats-Msg-Id")
+        return await (await claims()).describe(str(dedupe_key)) if dedupe_key else None
+
+    runtime.dead_letter_history = history
 
     @runtime.pull_subscriber(
         s.EXECUTE_ALL,
@@ -60,12 +76,20 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
                 result = await (await get_executor()).execute(cmd)
             except ClaimLost as exc:
                 raise Redeliver(settings.ack_wait_seconds, str(exc)) from exc
+            except Exception as exc:
+                # Not a tool failure (those are outcomes) but ours: the broker, the store. The guard
+                # redelivers the command; the claim keeps what went wrong for its dead letter, if any.
+                with contextlib.suppress(Exception):
+                    await (await claims()).note_error(
+                        cmd.dedupe_key, runtime.instance_id, f"{type(exc).__name__}: {exc}"
+                    )
+                raise
             finally:
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
             outcome = result.outcome
-            if isinstance(outcome, StepSucceeded | StepFailed):
+            if result.claim_state is not ClaimState.DONE and isinstance(outcome, StepSucceeded | StepFailed):
                 error_class = outcome.body.error_class if isinstance(outcome, StepFailed) else ""
                 ATTEMPTS.labels(cmd.body.tool, outcome.type.removeprefix("step_"), str(error_class)).inc()
                 elapsed = (outcome.body.finished_at - outcome.body.started_at).total_seconds()

@@ -9,10 +9,16 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+#: An outcome larger than this is not copied into its claim (it could not be re-reported if the event
+#: stream lost it, which it should not); keeps claim values well under the server's message size.
+MAX_REMEMBERED_OUTCOME_BYTES = 256 * 1024
+#: How many past states a claim value keeps, for the dead letter of a command that never finishes.
+MAX_HISTORY = 20
 
 
 class ClaimState(StrEnum):
@@ -27,6 +33,9 @@ class Claim:
     state: ClaimState
     revision: int
     previous_holder: str | None = None
+    # The encoded outcome event: set by the executor on the claim it completes, read back from a done
+    # claim so a redelivery can re-report an outcome the event stream no longer has.
+    outcome: bytes | None = None
 
 
 class ClaimLost(Exception):
@@ -44,8 +53,27 @@ def claim_key(dedupe_key: str) -> str:
     return "c." + hashlib.sha256(dedupe_key.encode()).hexdigest()
 
 
-def _value(state: str, holder: str, **extra: object) -> bytes:
-    return json.dumps({"state": state, "holder": holder, "at": datetime.now(UTC).isoformat(), **extra}).encode()
+def _value(state: str, holder: str, previous: dict[str, Any] | None = None, **extra: object) -> bytes:
+    """A claim value. It carries the states before it (without their outcomes), so a command that
+    keeps failing can be dead-lettered with who held it, when, and how each try ended."""
+    history: list[dict[str, Any]] = []
+    if previous:
+        history = [*previous.get("history", []), {k: v for k, v in previous.items() if k not in ("history", "outcome")}]
+    doc = {"state": state, "holder": holder, "at": datetime.now(UTC).isoformat(), **extra}
+    return json.dumps({**doc, "history": history[-MAX_HISTORY:]}).encode()
+
+
+def describe_claim(doc: dict[str, Any]) -> str:
+    """One line per state the claim went through, oldest first: for humans reading a dead letter."""
+    lines = []
+    for entry in [*doc.get("history", []), {k: v for k, v in doc.items() if k not in ("history", "outcome")}]:
+        line = f"{entry.get('at', '?')} {entry.get('state', '?')} by {entry.get('holder', '?')}"
+        if entry.get("took_over_from"):
+            line += f" (took over from {entry['took_over_from']})"
+        if entry.get("error"):
+            line += f": {entry['error']}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 class KvClaims:
@@ -66,19 +94,55 @@ class KvClaims:
             return await self.claim(dedupe_key, holder)
         doc = json.loads(entry.value or b"{}")
         if doc.get("state") == "done":
-            return Claim(key, ClaimState.DONE, entry.revision or 0, doc.get("holder"))
+            outcome = doc.get("outcome")
+            remembered = json.dumps(outcome).encode() if isinstance(outcome, dict) else None
+            return Claim(key, ClaimState.DONE, entry.revision or 0, doc.get("holder"), remembered)
         # The message came back while the claim says "running": the holder stopped heartbeating (it died
         # or hung), because the server redelivers only after the ack deadline passes unrenewed.
         try:
             revision = await self._kv.update(
-                key, _value("running", holder, took_over_from=doc.get("holder")), last=entry.revision
+                key, _value("running", holder, doc, took_over_from=doc.get("holder")), last=entry.revision
             )
         except KeyWrongLastSequenceError as exc:
             raise ClaimLost(f"claim {key} changed hands while taking it over") from exc
         return Claim(key, ClaimState.TAKEN_OVER, revision, doc.get("holder"))
 
     async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None:
+        extra: dict[str, Any] = {"outcome_seq": outcome_seq}
+        if claim.outcome is not None and len(claim.outcome) <= MAX_REMEMBERED_OUTCOME_BYTES:
+            extra["outcome"] = json.loads(claim.outcome)
+        # A done claim needs no history (it is never dead-lettered for failing), so none is read here.
         try:
-            await self._kv.update(claim.key, _value("done", holder, outcome_seq=outcome_seq), last=claim.revision)
+            await self._kv.update(claim.key, _value("done", holder, None, **extra), last=claim.revision)
         except KeyWrongLastSequenceError as exc:
             raise ClaimLost(f"claim {claim.key} was taken over before it could be completed") from exc
+
+    async def note_error(self, dedupe_key: str, holder: str, error: str) -> None:
+        """Record on a running claim that this holder's try failed and how (it stays running, so the
+        next delivery takes it over). Best effort: losing the race to another holder is fine."""
+        key = claim_key(dedupe_key)
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return
+        doc = json.loads(entry.value or b"{}")
+        if doc.get("state") != "running" or doc.get("holder") != holder:
+            return
+        value = _value("running", holder, doc, error=error[:500], took_over_from=doc.get("took_over_from"))
+        try:
+            await self._kv.update(key, value, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return
+
+    async def describe(self, dedupe_key: str) -> str | None:
+        """The claim's history as text, or None when the command was never claimed."""
+        doc = await self._doc(claim_key(dedupe_key))
+        return describe_claim(doc) if doc else None
+
+    async def _doc(self, key: str) -> dict[str, Any] | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        doc = json.loads(entry.value or b"{}")
+        return doc if isinstance(doc, dict) else None

@@ -48,6 +48,11 @@ class UnknownToolError(PermanentError):
     pass
 
 
+class NoReadBack(Exception):
+    """Raised by a tool's own `verify` when it has no way to look this write up (say, `http.request`
+    without `verify_key_path`): the executor then acts as if the tool had no read-back at all."""
+
+
 def classify(exc: BaseException) -> ErrorClass:
     """The class of any exception a tool let escape. Untyped exceptions are bugs or unexpected
     states of the tool, so they are permanent: retrying the same input will not fix them."""

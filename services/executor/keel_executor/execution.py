@@ -4,15 +4,17 @@ Order matters for exactly-once effects:
 1. claim the command's dedupe key (a finished claim means the work is done: stop);
 2. if the claim was taken over from a holder that died, look for the outcome it may have recorded
    before dying, and only if there is none, run the tool again with the *same* idempotency key, so
-   the system of record collapses the two calls into one write;
+   the system of record collapses the two calls into one write (a write with a read-back is verified
+   first: see verification.py);
 3. record the outcome event (deduplicated by the server on `<dedupe_key>:outcome`);
-4. mark the claim done.
-A crash between any two of these repeats only steps that are safe to repeat.
+4. mark the claim done, keeping a copy of the outcome in it.
+A crash between any two of these repeats only steps that are safe to repeat. A redelivery of a done
+command does nothing, unless the event stream lost its outcome: then it records the kept copy again.
 """
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -20,12 +22,15 @@ from pydantic import JsonValue
 
 from keel_contracts import subjects as s
 from keel_contracts.approvals import payload_hash
+from keel_contracts.codec import decode_event, encode
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
+from keel_contracts.errors import ErrorClass
 from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded, StepSucceededBody
 from keel_executor.claims import Claims, ClaimState
 from keel_executor.errors import RefusedError, StepTimeoutError, ToolError, classify
-from keel_executor.tools.registry import ToolContext, ToolRegistry
+from keel_executor.tools.registry import Tool, ToolContext, ToolRegistry
+from keel_executor.verification import ReadBack, resolve_unknown, verify_before_resending
 from keel_shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -84,19 +89,46 @@ class Executor:
         claim = await self._claims.claim(cmd.dedupe_key, self._id)
         if claim.state is ClaimState.DONE:
             log.info("already_done", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt)
-            return ExecutionResult(None, None, claim.state)
+            return await self._rereport(cmd, claim.outcome)
         if claim.state is ClaimState.TAKEN_OVER:
             log.warning("claim_taken_over", run_id=cmd.run_id, step_id=cmd.step_id, previous=claim.previous_holder)
             seq = await self._outcomes.find(cmd)
             if seq is not None:
                 await self._claims.complete(claim, self._id, seq)
                 return ExecutionResult(None, seq, claim.state)
-        outcome = await self._run_tool(cmd)
+        outcome = await self._run_tool(cmd, taken_over=claim.state is ClaimState.TAKEN_OVER)
         seq = await self._outcomes.record(outcome)
-        await self._claims.complete(claim, self._id, seq)
+        await self._claims.complete(replace(claim, outcome=encode(outcome)), self._id, seq)
         return ExecutionResult(outcome, seq, claim.state)
 
-    async def _run_tool(self, cmd: ExecuteStep) -> Message:
+    async def _rereport(self, cmd: ExecuteStep, remembered: bytes | None) -> ExecutionResult:
+        """A done command came back. Normally its outcome is on the run and there is nothing to do; if the
+        stream lost it, the copy kept in the claim is recorded again (same dedupe key, same event)."""
+        if remembered is None or await self._outcomes.find(cmd) is not None:
+            return ExecutionResult(None, None, ClaimState.DONE)
+        outcome = decode_event(remembered)
+        seq = await self._outcomes.record(outcome)
+        log.warning("outcome_rereported", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, seq=seq)
+        return ExecutionResult(outcome, seq, ClaimState.DONE)
+
+    async def _call(
+        self, cmd: ExecuteStep, tool: Tool, ctx: ToolContext, data: dict[str, JsonValue], name: str
+    ) -> dict[str, JsonValue]:
+        """One call of a tool (the write, or a read-back) under the step's timeout."""
+        body = cmd.body
+        deadline = asyncio.timeout(body.timeout_seconds)
+        try:
+            async with deadline:
+                output: dict[str, JsonValue] = await tool(ctx, dict(data))
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the tool's own timeout (say, an HTTP read): keep its message and type
+            raise StepTimeoutError(f"{name} did not finish within {body.timeout_seconds}s") from None
+        if not isinstance(output, dict):
+            raise ToolError(f"{name} returned {type(output).__name__}, not an object")
+        return output
+
+    async def _run_tool(self, cmd: ExecuteStep, taken_over: bool = False) -> Message:
         body = cmd.body
         started = self._clock()
         ctx = ToolContext(
@@ -119,16 +151,24 @@ class Executor:
                         f"(approval {body.approval_id}): a changed payload needs a new approval"
                     )
             tool = self._tools.get(body.tool)
-            deadline = asyncio.timeout(body.timeout_seconds)
-            try:
-                async with deadline:
-                    output: dict[str, JsonValue] = await tool(ctx, dict(body.input))
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the tool's own timeout (say, an HTTP read): keep its message and type
-                raise StepTimeoutError(f"{body.tool} did not finish within {body.timeout_seconds}s") from None
-            if not isinstance(output, dict):
-                raise ToolError(f"{body.tool} returned {type(output).__name__}, not an object")
+            data = dict(body.input)
+            read_back = ReadBack.for_step(body.verify, tool, body.tool, data, self._tools)
+
+            async def call(fn: Tool, given: dict[str, JsonValue]) -> dict[str, JsonValue]:
+                name = body.tool if fn is tool else (read_back.name if read_back else body.tool)
+                return await self._call(cmd, fn, ctx, given, name)
+
+            output: dict[str, JsonValue] | None = None
+            if taken_over and body.side_effect == "write" and read_back is not None:
+                # The previous holder died mid-call: whether its write landed is unknown, so look first.
+                output = await verify_before_resending(read_back, call)
+            if output is None:
+                try:
+                    output = await call(tool, data)
+                except Exception as exc:
+                    if classify(exc) is not ErrorClass.UNKNOWN_OUTCOME or read_back is None:
+                        raise
+                    output = await resolve_unknown(exc, tool, data, read_back, call, ctx)
         except Exception as exc:  # every failure of a tool becomes an event, never a crash
             error_class = classify(exc)
             log.info("step_failed", tool=body.tool, error_class=str(error_class), error=str(exc)[:500])
@@ -142,6 +182,7 @@ class Executor:
                     started_at=started,
                     finished_at=self._clock(),
                     executor_id=self._id,
+                    retry_after_seconds=exc.retry_after if isinstance(exc, ToolError) else None,
                 ),
             )
         return StepSucceeded(

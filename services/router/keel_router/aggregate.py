@@ -11,12 +11,18 @@ from datetime import datetime
 
 from pydantic import JsonValue
 
-from keel_contracts.commands import execute_message_id
+from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.commands import VerifySpec, execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
+    HumanInputReceived,
+    HumanInputRejected,
+    HumanInputRequested,
     RetryScheduled,
     RouteDecided,
+    RunBlocked,
+    RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -24,6 +30,7 @@ from keel_contracts.events import (
     StepScheduled,
     StepSucceeded,
     TriggerJoined,
+    WaitStarted,
 )
 from keel_contracts.runs import RunStatus, RunView
 
@@ -42,12 +49,19 @@ class Attempt:
     # visits are different attempts even when their numbers match.
     visit: int = 1
     side_effect: str = "read"
+    # The verify call rendered for this attempt, passed to the executor with the command.
+    verify: VerifySpec | None = None
     # Which retrier of the step asked for this attempt (None for a first attempt).
     retrier_index: int | None = None
     outcome: str | None = None  # None while running, then "succeeded" or "failed"
     error_class: ErrorClass | None = None
     error: str | None = None
     output: dict[str, JsonValue] | None = None
+    # The system of record's Retry-After on a failed attempt: the retry waits at least this long.
+    retry_after_seconds: float | None = None
+    # For a gated write: the approvals it consumed and the payload hash they bind (retries reuse them).
+    approval_ids: tuple[str, ...] = ()
+    approved_payload_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,36 @@ class PendingRetry:
     next_attempt: int
     retrier_index: int
     due_at: datetime
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval request of the run and, once it arrives, its decision."""
+
+    approval_id: str
+    step_id: str  # the step that asked: an approval step, or the gated write itself (a policy gate)
+    approves_step: str
+    role: str
+    payload_hash: str
+    status: str = "pending"  # pending | granted | denied | expired
+    decided_by: tuple[str, ...] = ()
+    decided_roles: tuple[str, ...] = ()
+    decision_reason: str = ""
+    decided_payload_hash: str | None = None
+    # A grant unlocks one write: the attempt that used it names it, and it is never used again.
+    consumed: bool = False
+
+
+@dataclass(frozen=True)
+class Park:
+    """What a parked run waits for, other than an attempt or a retry timer."""
+
+    kind: str  # approval | human | decide | wait | blocked
+    step_id: str | None
+    approval_id: str | None = None
+    # The durable timer that ends the park (a wait, a human step's deadline), if any.
+    timer_id: str | None = None
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +137,15 @@ class RunState:
     # Every write into run data (step results, caught errors, fallback results), in event order:
     # replaying them rebuilds exactly what templates and conditions see.
     data_writes: tuple[tuple[str, JsonValue], ...] = ()
+    park: Park | None = None
+    approvals: tuple[Approval, ...] = ()
+    # The last accepted human input: `${human...}` in templates.
+    human_input: dict[str, JsonValue] | None = None
+    # Steps the run has started (tool and decide steps, choices, approval, human and wait steps): what the
+    # policy's max_steps_per_run counts. Retries are attempts, not steps.
+    steps_entered: int = 0
+    # Router commands (human input, cancel) already handled: a redelivered command decides nothing.
+    commands: frozenset[str] = frozenset()
 
     @property
     def terminal(self) -> bool:
@@ -119,6 +172,9 @@ class RunState:
     def attempts_of(self, step_id: str) -> list[Attempt]:
         return [a for a in self.attempts if a.step_id == step_id]
 
+    def approval(self, approval_id: str | None) -> Approval | None:
+        return next((a for a in self.approvals if a.approval_id == approval_id), None)
+
     def view(self) -> RunView:
         return RunView(
             run_id=self.run_id,
@@ -127,7 +183,7 @@ class RunState:
             intent_key=self.intent_key,
             status=self.status,
             reason=self.reason,
-            current_step=self.in_flight.step_id if self.in_flight else None,
+            current_step=self.in_flight.step_id if self.in_flight else (self.park.step_id if self.park else None),
             started_at=self.started_at,
             updated_at=self.updated_at,
             last_seq=self.last_seq,
@@ -141,6 +197,15 @@ class RunState:
 
 def _replace_attempt(state: RunState, updated: Attempt) -> tuple[Attempt, ...]:
     return tuple(updated if a.command_id == updated.command_id else a for a in state.attempts)
+
+
+def _decide_approval(state: RunState, base: RunState, approval_id: str, status: str, **fields: object) -> RunState:
+    """Record the first decision of a known approval; a later or unknown one changes nothing."""
+    current = state.approval(approval_id)
+    if current is None or current.status != "pending":
+        return base
+    decided = replace(current, status=status, **fields)  # type: ignore[arg-type]
+    return replace(base, approvals=tuple(decided if a is current else a for a in state.approvals))
 
 
 def _attempt_of_outcome(state: RunState, event: Message) -> Attempt | None:
@@ -196,13 +261,20 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 visit=sum(1 for a in state.attempts if a.step_id == event.step_id and a.attempt == 1)
                 + (1 if event.attempt == 1 else 0),
                 side_effect=event.body.side_effect,
+                verify=event.body.verify,
+                approval_ids=tuple(event.body.approval_ids),
+                approved_payload_hash=event.body.approved_payload_hash,
             )
+            used = set(event.body.approval_ids)
             return replace(
                 base,
                 attempts=(*state.attempts, attempt),
                 status=RunStatus.RUNNING,
                 reason=event.body.reason,
                 pending_retry=None,
+                park=None,
+                steps_entered=state.steps_entered + (1 if event.attempt == 1 else 0),
+                approvals=tuple(replace(a, consumed=True) if a.approval_id in used else a for a in state.approvals),
             )
         case RetryScheduled():
             return replace(
@@ -219,11 +291,17 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
         case RouteDecided():
             writes = tuple(event.body.writes.items())
             route = Route(event.step_id or "", event.body.kind, event.body.to_step, writes)
+            # A decision on the step the run was parked at ends the park (the events entering the next
+            # step follow in the same transition).
+            ends_park = state.park is not None and state.park.step_id == event.step_id and event.body.kind != "catch"
             return replace(
                 base,
                 routes=(*state.routes, route),
                 reason=event.body.why[:1024],
                 data_writes=(*state.data_writes, *writes),
+                park=None if ends_park else state.park,
+                status=RunStatus.RUNNING if ends_park else state.status,
+                steps_entered=state.steps_entered + (1 if event.body.kind == "choice" else 0),
             )
         case StepSucceeded():
             current = _attempt_of_outcome(state, event)
@@ -240,14 +318,99 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
             current = _attempt_of_outcome(state, event)
             if current is None or current.outcome is not None:
                 return base
-            failed = replace(current, outcome="failed", error_class=event.body.error_class, error=event.body.message)
+            failed = replace(
+                current,
+                outcome="failed",
+                error_class=event.body.error_class,
+                error=event.body.message,
+                retry_after_seconds=event.body.retry_after_seconds,
+            )
             return replace(base, attempts=_replace_attempt(state, failed))
         case RunCompleted():
-            return replace(base, status=RunStatus.DONE, reason=event.body.reason, output=dict(event.body.output))
+            return replace(
+                base, status=RunStatus.DONE, reason=event.body.reason, output=dict(event.body.output), park=None
+            )
         case RunFailed():
-            return replace(base, status=RunStatus.FAILED, reason=event.body.reason, error_class=event.body.error_class)
+            return replace(
+                base, status=RunStatus.FAILED, reason=event.body.reason, error_class=event.body.error_class, park=None
+            )
+        case RunCancelled():
+            return replace(
+                base,
+                status=RunStatus.CANCELLED,
+                reason=event.body.reason,
+                park=None,
+                pending_retry=None,
+                commands=_with_command(state, event.causation_id),
+            )
+        case RunBlocked():
+            return replace(
+                base, status=RunStatus.BLOCKED, reason=event.body.reason, park=Park("blocked", event.step_id)
+            )
+        case ApprovalRequested():
+            body = event.body
+            approval = Approval(
+                approval_id=body.approval_id,
+                step_id=event.step_id or body.approves_step,
+                approves_step=body.approves_step,
+                role=body.roles[0],
+                payload_hash=body.payload_hash,
+            )
+            if state.approval(body.approval_id) is not None:
+                return base
+            # A router-inserted gate (the write asks for itself) is not a step of its own.
+            entered = 1 if event.step_id != body.approves_step else 0
+            return replace(
+                base,
+                status=RunStatus.NEEDS_APPROVAL,
+                reason=body.reason,
+                approvals=(*state.approvals, approval),
+                park=Park("approval", approval.step_id, approval_id=body.approval_id),
+                steps_entered=state.steps_entered + entered,
+            )
+        case ApprovalGranted() | ApprovalDenied():
+            return _decide_approval(
+                state,
+                base,
+                event.body.approval_id,
+                "granted" if isinstance(event, ApprovalGranted) else "denied",
+                decided_by=tuple(event.body.decided_by),
+                decided_roles=tuple(event.body.roles),
+                decision_reason=event.body.reason,
+                decided_payload_hash=event.body.payload_hash,
+            )
+        case ApprovalExpired():
+            return _decide_approval(state, base, event.body.approval_id, "expired")
+        case HumanInputRequested():
+            asked = event.body
+            timer = f"human-{event.step_id}-{seq}" if asked.expires_at is not None else None
+            return replace(
+                base,
+                status=RunStatus.NEEDS_HUMAN,
+                reason=asked.reason,
+                park=Park(asked.kind, event.step_id, timer_id=timer, due_at=asked.expires_at),
+                steps_entered=state.steps_entered + (1 if asked.kind == "human" else 0),
+            )
+        case HumanInputReceived():
+            return replace(
+                base, human_input=dict(event.body.input), commands=_with_command(state, event.body.command_id)
+            )
+        case HumanInputRejected():
+            return replace(base, commands=_with_command(state, event.body.command_id))
+        case WaitStarted():
+            return replace(
+                base,
+                status=RunStatus.WAITING,
+                reason=event.body.reason,
+                park=Park("wait", event.step_id, timer_id=event.body.timer_id, due_at=event.body.due_at),
+                steps_entered=state.steps_entered + 1,
+            )
         case _:
             return base
+
+
+def _with_command(state: RunState, command_id: str | None) -> frozenset[str]:
+    return state.commands | {command_id} if command_id else state.commands
 
 
 def fold(events: Iterable[tuple[int, Message]], state: RunState | None = None) -> RunState | None:

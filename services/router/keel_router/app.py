@@ -8,17 +8,21 @@ from faststream.nats import NatsMessage
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
 from keel_contracts.codec import decode_event, encode
-from keel_contracts.commands import TriggerRun
+from keel_contracts.commands import RouterCommand, TriggerRun
 from keel_contracts.runs import RunView, view_key
 from keel_contracts.timers import TimerFired
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
+from keel_router.workflow.policy import Policy, load_policy
 from keel_shared.eventstore import EventStore
+from keel_shared.logging import get_logger
 from keel_shared.publishing import publish_with_retry
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
+
+log = get_logger(__name__)
 
 
 def _redelivered(msg: NatsMessage) -> bool:
@@ -29,6 +33,8 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     runtime = ServiceRuntime(s.ROUTER, settings)
     workflows = catalog or WorkflowCatalog(settings.workflows_dir)
     workflows.scan()
+    # A broken policy file stops the router at start: running without the approvals it demands is worse.
+    policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     router: Router | None = None
 
     async def publish(effect: Effect) -> None:
@@ -46,6 +52,12 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
         kv = await runtime.kv(s.RUNS_BUCKET)
         await kv.put(view_key(view.run_id), encode(view))
 
+    async def drop_pending_work(run_id: str) -> None:
+        try:
+            await runtime.js.purge_stream(s.COMMANDS_STREAM, subject=s.execute_subject(run_id))
+        except Exception as exc:  # best effort: the run is cancelled whatever happens here
+            log.warning("purge_after_cancel_failed", run_id=run_id, error=str(exc))
+
     def get_router() -> Router:
         nonlocal router
         if router is None:
@@ -56,7 +68,8 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
                 timeout=settings.publish_timeout,
                 budget=settings.publish_retry_budget,
             )
-            router = Router(workflows, RunRepository(store), Engine(lambda: datetime.now(UTC)), publish, put_view)
+            engine = Engine(lambda: datetime.now(UTC), policy=policy)
+            router = Router(workflows, RunRepository(store), engine, publish, put_view, drop_pending_work)
         return router
 
     @runtime.pull_subscriber(
@@ -74,20 +87,30 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
         stream=s.EVENTS_STREAM,
         durable=s.ROUTER_EVENTS_DURABLE,
         batch_size=settings.router_concurrency,
-        description="An attempt finished: decide what the run does next",
+        description="An attempt finished, or an approval was decided: decide what the run does next",
     )
     async def on_outcome(msg: NatsMessage) -> None:
         event = decode_event(msg.raw_message.data, settings.max_message_bytes)
         await get_router().on_run_changed(event.workflow, event.run_id, _redelivered(msg))
 
     @runtime.pull_subscriber(
-        t.TIMERS_FIRE_ALL,
+        t.ROUTER_TIMERS_FIRE,
         stream=t.TIMERS_STREAM,
         durable=t.ROUTER_TIMERS_DURABLE,
         batch_size=settings.router_concurrency,
-        description="A durable timer fired: retry a step whose backoff has passed",
+        description="A durable timer fired: a retry's backoff passed, a wait ended, a human step's deadline came",
     )
     async def on_timer(timer: TimerFired, msg: NatsMessage) -> None:
         await get_router().on_timer(timer, _redelivered(msg))
+
+    @runtime.pull_subscriber(
+        s.ROUTER_COMMANDS_ALL,
+        stream=s.COMMANDS_STREAM,
+        durable=s.ROUTER_COMMANDS_DURABLE,
+        batch_size=settings.router_concurrency,
+        description="Human input for a parked run (`keel run input`), or its cancellation (`keel run cancel`)",
+    )
+    async def on_command(command: RouterCommand, msg: NatsMessage) -> None:
+        await get_router().on_command(command, _redelivered(msg))
 
     return runtime

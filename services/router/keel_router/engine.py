@@ -16,7 +16,15 @@ from pydantic import JsonValue
 
 from keel_contracts import subjects as s
 from keel_contracts import timers
-from keel_contracts.commands import ExecuteStep, ExecuteStepBody, TriggerRun, execute_message_id
+from keel_contracts.commands import (
+    CancelRun,
+    ExecuteStep,
+    ExecuteStepBody,
+    HumanInput,
+    TriggerRun,
+    VerifySpec,
+    execute_message_id,
+)
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
@@ -24,10 +32,8 @@ from keel_contracts.events import (
     RetryScheduledBody,
     RouteDecided,
     RouteDecidedBody,
-    RunCompleted,
-    RunCompletedBody,
-    RunFailed,
-    RunFailedBody,
+    RunCancelled,
+    RunCancelledBody,
     RunStarted,
     RunStartedBody,
     StepScheduled,
@@ -36,16 +42,53 @@ from keel_contracts.events import (
     TriggerJoinedBody,
 )
 from keel_contracts.timers import TimerBody, TimerFired
-from keel_router.aggregate import Attempt, RunState, apply
+from keel_router.aggregate import Approval, Attempt, RunState, apply
+from keel_router.caps import blocked_by_cap
+from keel_router.emit import Emitter, run_context
+from keel_router.gates import (
+    POLICY_GATE_EXPIRY_SECONDS,
+    GateClosed,
+    GateOpen,
+    approval_result,
+    approval_step_target,
+    check_gate,
+    describe_decision,
+    render_payload,
+    request_approval,
+)
+from keel_router.parking import (
+    ask_human,
+    ask_human_to_decide,
+    decision_options,
+    settle_decision,
+    start_wait,
+    take_input,
+)
 from keel_router.workflow.conditions import evaluate_choice
 from keel_router.workflow.errors import RunDataError
-from keel_router.workflow.models import ChoiceStep, FailStep, SucceedStep, ToolStep, Workflow
-from keel_router.workflow.retry import match_catcher, plan_retry
-from keel_router.workflow.runtime import catch_writes
-from keel_router.workflow.templating import make_context, render, set_path
+from keel_router.workflow.models import (
+    ApprovalStep,
+    ChoiceStep,
+    DecideStep,
+    FailStep,
+    HumanStep,
+    SucceedStep,
+    ToolStep,
+    WaitStep,
+    Workflow,
+)
+from keel_router.workflow.policy import Policy
+from keel_router.workflow.retry import Retrier, match_catcher, plan_retry
+from keel_router.workflow.runtime import DecisionNeedsHuman, catch_writes, resolve_wait
+from keel_router.workflow.templating import render
 
 #: Guard against a workflow whose choices loop without ever running a tool.
 MAX_ROUTING_HOPS = 100
+
+#: A decide step declares no retries of its own: a decider that is briefly unavailable (rate limit,
+#: 5xx, timeout) is asked again twice; any other failure hands the decision to a person.
+DECIDER_RETRY = (Retrier(error_equals=["transient", "timeout"], interval_seconds=2.0, max_attempts=2),)
+DECIDER_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,24 +108,18 @@ class Engine:
         clock: Callable[[], datetime],
         rng: random.Random | None = None,
         actor: str = s.ROUTER,
+        policy: Policy | None = None,
     ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
         self._actor = actor
+        self._emit = Emitter(clock, actor)
+        # Without a policy file every action class still needs approval (the workflow package's default).
+        self._policy = policy or Policy()
 
     # --- envelopes ---------------------------------------------------------------------------------
     def _env(self, state: RunState, dedupe_key: str, causation_id: str | None, **extra: Any) -> dict[str, Any]:
-        return {
-            "run_id": state.run_id,
-            "workflow": state.workflow,
-            "tenant": state.tenant,
-            "correlation_id": state.correlation_id,
-            "causation_id": causation_id,
-            "actor": self._actor,
-            "dedupe_key": dedupe_key,
-            "occurred_at": self._clock(),
-            **extra,
-        }
+        return self._emit.env(state, dedupe_key, causation_id, **extra)
 
     # --- triggers ----------------------------------------------------------------------------------
     def on_trigger(self, state: RunState | None, trigger: TriggerRun, workflow: Workflow) -> list[Message]:
@@ -120,6 +157,8 @@ class Engine:
 
     # --- timers ------------------------------------------------------------------------------------
     def on_timer(self, state: RunState, timer: TimerFired, workflow: Workflow) -> list[Message]:
+        if timer.body.purpose != "retry":
+            return self._park_timer(state, timer, workflow)
         pending = state.pending_retry
         if (
             state.terminal
@@ -129,23 +168,83 @@ class Engine:
         ):
             return []  # stale: the run no longer waits for this timer
         step = workflow.step(pending.step_id)
-        if not isinstance(step, ToolStep):
+        if not isinstance(step, ToolStep | DecideStep):
             return []
+        blocked = blocked_by_cap(
+            self._emit, state, self._policy, f"attempt {pending.next_attempt} of {step.id}", step.id, timer.id
+        )
+        if blocked is not None:
+            return [blocked]
         previous = state.attempt(pending.step_id, pending.next_attempt - 1)
         reason = f"retry {pending.next_attempt} of {step.id} (timer due {pending.due_at:%H:%M:%S})"
+        if isinstance(step, DecideStep):
+            return [self._schedule_decider(state, step, pending.next_attempt, reason, timer.id, previous)]
         return [self._schedule(state, step, pending.next_attempt, reason, timer.id, previous)]
+
+    def _park_timer(self, state: RunState, timer: TimerFired, workflow: Workflow) -> list[Message]:
+        """A wait ended, or a human step's deadline passed; a timer for a park the run has left is stale."""
+        park = state.park
+        if state.terminal or park is None or park.timer_id is None or park.timer_id != timer.body.timer_id:
+            return []
+        step = workflow.step(park.step_id or "")
+        due = f"{park.due_at:%Y-%m-%d %H:%M:%S}Z" if park.due_at else "?"
+        if timer.body.purpose == "wait" and isinstance(step, WaitStep):
+            nxt = workflow.next_of(step)
+            why = f"wait {step.id} ended: its durable timer (due {due}) fired"
+            return self._follow(state, workflow, [], self._emit.route(state, step.id, "wait", nxt, why, timer.id))
+        if timer.body.purpose == "human_expiry" and isinstance(step, HumanStep) and step.escalate_to is not None:
+            why = f"no input for human step {step.id} by {due}; escalating to {step.escalate_to}"
+            route = self._emit.route(state, step.id, "human", step.escalate_to, why, timer.id)
+            return self._follow(state, workflow, [], route)
+        return []
+
+    # --- router commands ---------------------------------------------------------------------------
+    def on_human_input(self, state: RunState, cmd: HumanInput, workflow: Workflow) -> list[Message]:
+        """Input for a parked run: accepted (the run continues) or refused with the problems named."""
+        if cmd.id in state.commands:
+            return []  # this very command was handled already (a redelivery)
+        outcome = take_input(self._emit, state, workflow, cmd, self._policy)
+        if outcome.route is None:
+            return outcome.events
+        return self._follow(state, workflow, outcome.events, outcome.route, outcome.output)
+
+    def on_cancel(self, state: RunState, cmd: CancelRun) -> list[Message]:
+        if state.terminal or cmd.id in state.commands:
+            return []
+        in_flight = state.in_flight
+        note = f"; {in_flight.step_id} was already sent and finishes, nothing follows it" if in_flight else ""
+        return [
+            RunCancelled(
+                **self._env(state, f"{state.run_id}:cancelled", cmd.id),
+                body=RunCancelledBody(
+                    reason=f"cancelled by {cmd.body.requested_by}: {cmd.body.reason}{note}"[:1024],
+                    requested_by=cmd.body.requested_by,
+                    in_flight_step=in_flight.step_id if in_flight else None,
+                ),
+            )
+        ]
 
     # --- advancing ---------------------------------------------------------------------------------
     def advance(self, state: RunState, workflow: Workflow, causation_id: str | None) -> list[Message]:
         """The events that move the run on from `state`, or none when it waits for something."""
         if state.terminal or state.in_flight is not None or state.pending_retry is not None:
             return []
+        park = state.park
+        if park is not None:
+            # Human input, timers and cancellation arrive through their own entry points; only an
+            # approval's decision is a run event that `advance` acts on.
+            approval = state.approval(park.approval_id) if park.kind == "approval" else None
+            if approval is None or approval.status == "pending":
+                return []
+            return self._after_approval(state, workflow, approval, causation_id)
         last = state.last_attempt
         if last is None:
             if state.routes:
                 return []  # only a decision in flight without an attempt: cannot happen, stay put
             return self._enter(state, workflow, workflow.start_step_id, "start of the workflow", causation_id)
         step = workflow.step(last.step_id)
+        if isinstance(step, DecideStep):
+            return self._after_decider(state, workflow, step, last, causation_id)
         if not isinstance(step, ToolStep):
             return [self._fail(state, f"step {last.step_id} is not a tool step in this workflow version", None)]
         if last.outcome == "succeeded":
@@ -160,13 +259,23 @@ class Engine:
         return []
 
     def _after_failure(
-        self, state: RunState, workflow: Workflow, step: ToolStep, last: Attempt, causation_id: str | None
+        self,
+        state: RunState,
+        workflow: Workflow,
+        step: ToolStep | DecideStep,
+        last: Attempt,
+        causation_id: str | None,
     ) -> list[Message]:
         error_class = last.error_class or ErrorClass.PERMANENT
         counts = self._retries_by_retrier(state, step.id)
-        plan = plan_retry(step.retry, error_class, counts, self._rng)
+        retriers = step.retry if isinstance(step, ToolStep) else list(DECIDER_RETRY)
+        plan = plan_retry(retriers, error_class, counts, self._rng)
         if plan is not None:
-            due = self._clock() + timedelta(seconds=plan.delay_seconds)
+            # The retry plan decides whether to retry; the system of record's Retry-After can only
+            # push the retry later, never sooner (nor create a retry the plan did not allow).
+            delay = max(plan.delay_seconds, last.retry_after_seconds or 0.0)
+            due = self._clock() + timedelta(seconds=delay)
+            reason = f"{step.id} failed ({error_class}): {plan.reason}{_retry_after_note(last, plan.delay_seconds)}"
             return [
                 RetryScheduled(
                     **self._env(
@@ -180,12 +289,18 @@ class Engine:
                         next_attempt=last.attempt + 1,
                         retrier_index=plan.retrier_index,
                         error_class=error_class,
-                        delay_seconds=plan.delay_seconds,
+                        delay_seconds=delay,
                         due_at=due,
-                        reason=f"{step.id} failed ({error_class}): {plan.reason}"[:1024],
+                        reason=reason[:1024],
                     ),
                 )
             ]
+        if isinstance(step, DecideStep):
+            # A decider that cannot answer is an unsure decider: a person decides instead.
+            missing = DecisionNeedsHuman(
+                "intent", f"decider {last.tool} failed ({error_class}): {(last.error or '')[:300]}"
+            )
+            return [ask_human_to_decide(self._emit, state, step, missing, self._context(state), None, causation_id)]
         catcher = match_catcher(step.catch, error_class)
         if catcher is not None:
             why = f"{step.id} failed with {error_class} ({(last.error or '')[:200]}); caught, going to {catcher.next}"
@@ -231,9 +346,31 @@ class Engine:
         out: list[Message] = []
         for _ in range(MAX_ROUTING_HOPS):
             step = workflow.step(step_id)
+            if not isinstance(step, SucceedStep | FailStep):
+                # Ending a run is always allowed; starting anything else must fit the policy's caps.
+                blocked = blocked_by_cap(self._emit, state, self._policy, f"step {step.id}", step.id, causation_id)
+                if blocked is not None:
+                    return [*out, blocked]
             match step:
                 case ToolStep():
-                    return [*out, self._schedule(state, step, 1, why, causation_id, None)]
+                    return [*out, self._enter_tool(state, workflow, step, why, causation_id)]
+                case DecideStep():
+                    return [*out, self._schedule_decider(state, step, 1, why, causation_id, None)]
+                case ApprovalStep():
+                    return [*out, self._enter_approval(state, workflow, step, why, causation_id)]
+                case HumanStep():
+                    ctx = self._context(state)
+                    try:
+                        prompt = str(render(step.prompt, ctx))
+                    except RunDataError as exc:
+                        return [*out, self._fail(state, f"prompt of {step.id}: {exc}", None, step.id)]
+                    return [*out, ask_human(self._emit, state, step, prompt, ctx, why, causation_id)]
+                case WaitStep():
+                    try:
+                        due = resolve_wait(step, self._context(state), self._clock())
+                    except RunDataError as exc:
+                        return [*out, self._fail(state, f"wait {step.id}: {exc}", None, step.id)]
+                    return [*out, start_wait(self._emit, state, step, due, why, causation_id)]
                 case SucceedStep():
                     ctx = self._context(state)
                     output: JsonValue = state.last_attempt.output if state.last_attempt else {}
@@ -279,33 +416,175 @@ class Engine:
                     assert routed is not None
                     state = routed
                     step_id, why = nxt, f"choice {step.id}: {rule}"
-                case _:
-                    return [
-                        *out,
-                        self._fail(
-                            state,
-                            f"step {step.id} is a {step.kind} step, which this router version cannot run yet",
-                            None,
-                            step.id,
-                        ),
-                    ]
         return [
             *out,
             self._fail(state, f"more than {MAX_ROUTING_HOPS} routing hops without running a step", None),
         ]
 
-    def _context(self, state: RunState) -> dict[str, Any]:
-        data: dict[str, Any] = {"steps": {}, "errors": {}}
-        for path, value in state.data_writes:
-            set_path(data, path, value)
-        return make_context(
-            trigger_input=state.input,
-            steps=data["steps"],
-            errors=data["errors"],
-            run_id=state.run_id,
-            workflow=state.workflow,
-            intent_key=state.intent_key,
+    def _follow(
+        self,
+        state: RunState,
+        workflow: Workflow,
+        events: list[Message],
+        route: RouteDecided,
+        output: dict[str, JsonValue] | None = None,
+    ) -> list[Message]:
+        """Store `events` and a route, then enter the route's target (or end the run when it has none)."""
+        routed: RunState | None = state
+        for event in [*events, route]:
+            assert routed is not None
+            routed = apply(routed, routed.last_seq + 1, event)
+        assert routed is not None
+        cause = route.causation_id
+        if route.body.to_step is None:
+            why = f"{route.body.why}; end of the workflow"
+            return [*events, route, self._complete(routed, output or {}, why, cause)]
+        return [*events, route, *self._enter(routed, workflow, route.body.to_step, route.body.why, cause)]
+
+    # --- approvals ---------------------------------------------------------------------------------
+    def _enter_tool(
+        self, state: RunState, workflow: Workflow, step: ToolStep, why: str, causation_id: str | None
+    ) -> Message:
+        """Schedule a tool step, unless it is a write its policy or workflow gates and the run holds no
+        approval of its exact payload: then ask for one."""
+        ctx = self._context(state)
+        try:
+            payload = render_payload(step, ctx)
+        except RunDataError as exc:
+            return self._fail(state, f"input of {step.id}: {exc}", None, step.id)
+        gate = check_gate(state, workflow, step, payload, self._policy)
+        if isinstance(gate, GateClosed):
+            return request_approval(
+                self._emit,
+                state,
+                asking_step=step.id,
+                write=step,
+                payload=payload,
+                role=gate.role,
+                summary=f"{step.tool} ({', '.join(step.action_class) or 'write'}) needs approval: {gate.reason}",
+                reason=f"{gate.reason} (after: {why})",
+                expires_after_seconds=POLICY_GATE_EXPIRY_SECONDS,
+                escalate_to=None,
+                ctx=ctx,
+                causation_id=causation_id,
+            )
+        return self._schedule(state, step, 1, why, causation_id, None, gate)
+
+    def _enter_approval(
+        self, state: RunState, workflow: Workflow, step: ApprovalStep, why: str, causation_id: str | None
+    ) -> Message:
+        write = workflow.step(step.approves)
+        assert isinstance(write, ToolStep)  # the loader guarantees an approval gates a write tool step
+        ctx = self._context(state)
+        try:
+            # The approver sees, and approves, exactly what the write will send.
+            payload = render_payload(write, ctx)
+            summary = str(render(step.summary, ctx)) if step.summary else f"{write.tool} with the payload shown"
+        except RunDataError as exc:
+            return self._fail(state, f"approval {step.id}: the payload of {write.id}: {exc}", None, step.id)
+        return request_approval(
+            self._emit,
+            state,
+            asking_step=step.id,
+            write=write,
+            payload=payload,
+            role=step.role,
+            summary=summary,
+            reason=f"{why}; approval step {step.id} gates {write.id}",
+            expires_after_seconds=step.expires_after_seconds,
+            escalate_to=step.escalate_to,
+            ctx=ctx,
+            causation_id=causation_id,
         )
+
+    def _after_approval(
+        self, state: RunState, workflow: Workflow, approval: Approval, causation_id: str | None
+    ) -> list[Message]:
+        step = workflow.step(approval.step_id)
+        why = describe_decision(approval)
+        if isinstance(step, ApprovalStep):
+            target, defined = approval_step_target(step, approval, workflow)
+            writes: dict[str, JsonValue] = {step.output_path: approval_result(approval)}
+            if not defined:
+                route = self._emit.route(state, step.id, "approval", None, why, causation_id, writes)
+                routed = apply(state, state.last_seq + 1, route)
+                assert routed is not None
+                return [route, self._fail(routed, f"{why}; approval step {step.id} has no on_reject", None, step.id)]
+            route = self._emit.route(state, step.id, "approval", target, why, causation_id, writes)
+            return self._follow(state, workflow, [], route, approval_result(approval))
+        if isinstance(step, ToolStep) and approval.status == "granted":
+            # A gate the router inserted: enter the write again, which checks every role it needs.
+            route = self._emit.route(state, step.id, "approval", step.id, f"{why}; {step.id} may run", causation_id)
+            return self._follow(state, workflow, [], route)
+        return [self._fail(state, f"{why}; the approval gate of {step.id} stays closed", None, step.id)]
+
+    # --- deciders ----------------------------------------------------------------------------------
+    def _after_decider(
+        self, state: RunState, workflow: Workflow, step: DecideStep, last: Attempt, causation_id: str | None
+    ) -> list[Message]:
+        if last.outcome == "failed":
+            return self._after_failure(state, workflow, step, last, causation_id)
+        if last.outcome != "succeeded":
+            return []
+        outcome = settle_decision(
+            self._emit,
+            state,
+            workflow,
+            step,
+            last.output or {},
+            last.tool,
+            self._context(state),
+            self._policy,
+            causation_id,
+        )
+        if outcome.route is None:
+            return outcome.events
+        return self._follow(state, workflow, outcome.events, outcome.route, outcome.output)
+
+    def _schedule_decider(
+        self,
+        state: RunState,
+        step: DecideStep,
+        attempt: int,
+        why: str,
+        causation_id: str | None,
+        previous: Attempt | None,
+    ) -> Message:
+        """Ask the decider (an executor tool, a read) for an intent among the step's declared options."""
+        visit = 1 + sum(1 for a in state.attempts_of(step.id) if a.attempt == 1) - (1 if previous else 0)
+        if previous is not None:
+            payload, key = previous.input, previous.idempotency_key
+        else:
+            try:
+                rendered = render(step.input, self._context(state))
+            except RunDataError as exc:
+                return self._fail(state, f"input of {step.id}: {exc}", None, step.id)
+            payload = dict(rendered) if isinstance(rendered, dict) else {"value": rendered}
+            payload["options"] = decision_options(step)
+            if step.min_confidence is not None:
+                payload["min_confidence"] = step.min_confidence
+            key = f"keel-{state.run_id}-{step.id}-{visit}"
+        return StepScheduled(
+            **self._env(
+                state,
+                f"{state.run_id}:{step.id}:{visit}:{attempt}:scheduled",
+                causation_id,
+                step_id=step.id,
+                attempt=attempt,
+            ),
+            body=StepScheduledBody(
+                tool=step.decider,
+                input=payload,
+                idempotency_key=key,
+                command_id=command_id(state.run_id, step.id, visit, attempt),
+                timeout_seconds=DECIDER_TIMEOUT_SECONDS,
+                reason=why[:1024],
+                result_path=step.output_path,
+            ),
+        )
+
+    def _context(self, state: RunState) -> dict[str, Any]:
+        return run_context(state)
 
     def _schedule(
         self,
@@ -315,12 +594,15 @@ class Engine:
         why: str,
         causation_id: str | None,
         previous: Attempt | None,
+        gate: GateOpen | None = None,
     ) -> Message:
         visit = 1 + sum(1 for a in state.attempts_of(step.id) if a.attempt == 1) - (1 if previous else 0)
+        approval_ids, approved_hash = (gate.approval_ids, gate.payload_hash) if gate else ((), None)
         if previous is not None:
             # A retry sends exactly what the failed attempt sent, under the same idempotency key, so the
-            # system of record can recognise it.
+            # system of record can recognise it; it is the same approved write.
             payload, key = previous.input, previous.idempotency_key
+            approval_ids, approved_hash = previous.approval_ids, previous.approved_payload_hash
         else:
             ctx = self._context(state)
             try:
@@ -333,6 +615,10 @@ class Engine:
             except RunDataError as exc:
                 return self._fail(state, f"input of {step.id}: {exc}", None, step.id)
             payload = rendered if isinstance(rendered, dict) else {"value": rendered}
+        try:
+            verify = self._render_verify(state, step, payload, key, attempt)
+        except RunDataError as exc:
+            return self._fail(state, f"verify input of {step.id}: {exc}", None, step.id)
         return StepScheduled(
             **self._env(
                 state,
@@ -350,25 +636,34 @@ class Engine:
                 reason=why[:1024],
                 result_path=step.output_path,
                 side_effect=step.side_effect,
+                verify=verify,
+                approval_ids=list(approval_ids),
+                approved_payload_hash=approved_hash,
             ),
         )
 
+    def _render_verify(
+        self, state: RunState, step: ToolStep, payload: dict[str, JsonValue], key: str, attempt: int
+    ) -> VerifySpec | None:
+        """The step's verify call for this attempt: its input sees run data plus `attempt` (the request
+        this attempt sends, its idempotency key and number), rendered now so the executor needs no run data."""
+        if step.verify is None:
+            return None
+        ctx = {**self._context(state), "attempt": {"request": payload, "idempotency_key": key, "number": attempt}}
+        rendered = render(step.verify.input, ctx)
+        return VerifySpec(tool=step.verify.tool, input=rendered if isinstance(rendered, dict) else {"value": rendered})
+
     def _complete(self, state: RunState, output: dict[str, JsonValue], why: str, causation_id: str | None) -> Message:
-        return RunCompleted(
-            **self._env(state, f"{state.run_id}:completed", causation_id),
-            body=RunCompletedBody(output=output, reason=why[:1024]),
-        )
+        return self._emit.complete(state, output, why, causation_id)
 
     def _fail(self, state: RunState, why: str, error_class: ErrorClass | None, step_id: str | None = None) -> Message:
-        return RunFailed(
-            **self._env(state, f"{state.run_id}:failed", None),
-            body=RunFailedBody(reason=why[:1024], error_class=error_class, failed_step=step_id),
-        )
+        return self._emit.fail(state, why, error_class, step_id)
 
     # --- effects -----------------------------------------------------------------------------------
     def effects(self, state: RunState) -> list[Effect]:
         """What must have been published for the run to make progress from `state`: the command of the
-        attempt in flight, or the timer of the pending retry."""
+        attempt in flight, the timer of the pending retry, or the timer that ends a park (a wait, a human
+        step's deadline)."""
         out: list[Effect] = []
         attempt = state.in_flight
         if attempt is not None and not state.terminal:
@@ -389,37 +684,54 @@ class Engine:
                     idempotency_key=attempt.idempotency_key,
                     timeout_seconds=attempt.timeout_seconds,
                     side_effect="write" if attempt.side_effect == "write" else "read",
+                    verify=attempt.verify,
+                    approval_id=attempt.approval_ids[0] if attempt.approval_ids else None,
+                    approved_payload_hash=attempt.approved_payload_hash,
                 ),
             )
             out.append(Effect(s.execute_subject(state.run_id), cmd, attempt.command_id))
         pending = state.pending_retry
         if pending is not None and not state.terminal:
             timer_id = f"retry-{pending.step_id}-{pending.next_attempt}"
-            fired = TimerFired(
-                id=hashlib.sha256(f"{state.run_id}:{timer_id}".encode()).hexdigest()[:32],
-                run_id=state.run_id,
-                workflow=state.workflow,
-                tenant=state.tenant,
-                step_id=pending.step_id,
-                attempt=pending.next_attempt,
-                correlation_id=state.correlation_id,
-                actor=self._actor,
-                dedupe_key=f"{state.run_id}:{timer_id}",
-                body=TimerBody(purpose="retry", due_at=pending.due_at, next_attempt=pending.next_attempt),
-            )
-            out.append(
-                Effect(
-                    timers.schedule_subject(state.workflow, state.run_id, timer_id),
-                    fired,
-                    f"{state.run_id}:{timer_id}:{pending.due_at.isoformat()}",
-                    headers={
-                        "Nats-Schedule": f"@at {pending.due_at.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}",
-                        "Nats-Schedule-Target": timers.fire_subject(state.workflow, state.run_id, timer_id),
-                        "Nats-Schedule-TTL": "168h",
-                    },
-                )
-            )
+            body = TimerBody(purpose="retry", due_at=pending.due_at, next_attempt=pending.next_attempt)
+            out.append(self._timer(state, timer_id, pending.step_id, pending.next_attempt, body))
+        park = state.park
+        if park is not None and park.timer_id and park.due_at is not None and not state.terminal:
+            purpose = "wait" if park.kind == "wait" else "human_expiry"
+            body = TimerBody(purpose=purpose, due_at=park.due_at, next_attempt=0, timer_id=park.timer_id)
+            out.append(self._timer(state, park.timer_id, park.step_id, 0, body))
         return out
+
+    def _timer(self, state: RunState, timer_id: str, step_id: str | None, attempt: int, body: TimerBody) -> Effect:
+        """A durable timer: a message schedule that fires a copy of `TimerFired` at `body.due_at`."""
+        fired = TimerFired(
+            id=hashlib.sha256(f"{state.run_id}:{timer_id}".encode()).hexdigest()[:32],
+            run_id=state.run_id,
+            workflow=state.workflow,
+            tenant=state.tenant,
+            step_id=step_id,
+            attempt=attempt,
+            correlation_id=state.correlation_id,
+            actor=self._actor,
+            dedupe_key=f"{state.run_id}:{timer_id}",
+            body=body,
+        )
+        return Effect(
+            timers.schedule_subject(state.workflow, state.run_id, timer_id),
+            fired,
+            f"{state.run_id}:{timer_id}:{body.due_at.isoformat()}",
+            headers={
+                "Nats-Schedule": f"@at {body.due_at.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}",
+                "Nats-Schedule-Target": timers.fire_subject(state.workflow, state.run_id, timer_id),
+                "Nats-Schedule-TTL": "168h",
+            },
+        )
+
+
+def _retry_after_note(last: Attempt, planned: float) -> str:
+    if last.retry_after_seconds is None or last.retry_after_seconds <= planned:
+        return ""
+    return f"; waiting {last.retry_after_seconds:.3f}s as the system's Retry-After asked"
 
 
 def command_id(run_id: str, step_id: str, visit: int, attempt: int) -> str:

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from keel_contracts.codec import ContractViolation
-from keel_contracts.commands import TriggerRun
+from keel_contracts.commands import CancelRun, HumanInput, TriggerRun
 from keel_contracts.envelope import Message, run_id_for
-from keel_contracts.runs import RunView
+from keel_contracts.runs import RunStatus, RunView
 from keel_contracts.timers import TimerFired
 from keel_router.aggregate import RunState
 from keel_router.catalog import WorkflowCatalog
@@ -32,12 +32,16 @@ class Router:
         engine: Engine,
         publish: Callable[[Effect], Awaitable[None]],
         put_view: Callable[[RunView], Awaitable[None]],
+        drop_pending_work: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._catalog = catalog
         self._runs = runs
         self._engine = engine
         self._publish = publish
         self._put_view = put_view
+        # After a cancel: withdraw the run's execute commands no executor has started, so no new write
+        # begins (one already running finishes and its outcome is recorded).
+        self._drop_pending_work = drop_pending_work
 
     def _workflow(self, name: str) -> Workflow:
         wf = self._catalog.get(name)
@@ -82,6 +86,23 @@ class Router:
             return [] if state is None else self._engine.on_timer(state, timer, workflow)
 
         return await self._handle(workflow.name, timer.run_id, decide, redelivered)
+
+    async def on_command(self, cmd: HumanInput | CancelRun, redelivered: bool) -> RunState | None:
+        """Human input for a parked run, or its cancellation."""
+        workflow = self._workflow(cmd.workflow)
+
+        def decide(state: RunState | None) -> Sequence[Message]:
+            if state is None:
+                raise ContractViolation("unknown_run", f"no run {cmd.run_id} of workflow {cmd.workflow}")
+            if isinstance(cmd, CancelRun):
+                return self._engine.on_cancel(state, cmd)
+            return self._engine.on_human_input(state, cmd, workflow)
+
+        state = await self._handle(workflow.name, cmd.run_id, decide, redelivered)
+        cancelled = isinstance(cmd, CancelRun) and state is not None and state.status is RunStatus.CANCELLED
+        if cancelled and state is not None and self._drop_pending_work is not None:
+            await self._drop_pending_work(state.run_id)
+        return state
 
     async def _handle(
         self,

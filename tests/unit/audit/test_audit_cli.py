@@ -115,16 +115,25 @@ def test_keys_generate_writes_a_private_key_and_refuses_to_overwrite(tmp_path: P
 
 def test_show_prints_the_timeline_of_one_run(audit_log: AuditLog) -> None:
     code, out = _run("show", "r-2", "--dir", str(audit_log.root))
-    rows = out.strip().splitlines()
+    lines = out.strip().splitlines()
+    rows = lines[lines.index("Timeline:") + 1 : lines.index("Final: running")]
     assert code == 0 and len(rows) == 10
-    assert all(row.startswith("ok ") and "step.completed" in row for row in rows)
+    # The test log's events are not Keel event types: listed and verified, not interpreted.
+    assert all(row.strip().startswith("ok ") and "step.completed" in row and "not interpreted" in row for row in rows)
     assert rows[0].split()[1] == "2"
+    assert lines[-1].startswith("10 records, every record verified")
+
+
+def test_show_of_an_unknown_run_exits_1(audit_log: AuditLog) -> None:
+    code, _ = _run("show", "r-nope", "--dir", str(audit_log.root))
+    assert code == 1
 
 
 def test_show_marks_a_modified_record_and_exits_2(audit_log: AuditLog) -> None:
     path = audit_log.segment_path(1)
     rewrite(path, path.read_bytes().replace(b"event 6", b"event X"))
     code, out = _run("show", "r-2", "--dir", str(audit_log.root), "--json")
-    rows = json.loads(out)
-    assert code == 2
-    assert [r["record"]["seq"] for r in rows if not r["verified"]] == [6]
+    doc = json.loads(out)
+    assert code == 2 and doc["verdict"] == "tampered" and doc["all_verified"] is False
+    assert [r["seq"] for r in doc["timeline"] if not r["verified"]] == [6]
+    assert doc["unverified"] == ["KEEL_EVENTS:6"]

@@ -22,10 +22,20 @@ from keel_contracts.approvals import (
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
+    HumanInputReceived,
+    HumanInputReceivedBody,
+    HumanInputRejected,
+    HumanInputRejectedBody,
+    HumanInputRequested,
+    HumanInputRequestedBody,
     RetryScheduled,
     RetryScheduledBody,
     RouteDecided,
     RouteDecidedBody,
+    RunBlocked,
+    RunBlockedBody,
+    RunCancelled,
+    RunCancelledBody,
     RunCompleted,
     RunCompletedBody,
     RunFailed,
@@ -40,6 +50,8 @@ from keel_contracts.events import (
     StepSucceededBody,
     TriggerJoined,
     TriggerJoinedBody,
+    WaitStarted,
+    WaitStartedBody,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -160,6 +172,41 @@ def _samples() -> dict[str, Message]:
         "run_failed": RunFailed(
             **_env(),
             body=RunFailedBody(reason="charge failed", error_class=ErrorClass.PERMANENT, failed_step="charge"),
+        ),
+        "human_input_requested": HumanInputRequested(
+            **_env(step_id="classify"),
+            body=HumanInputRequestedBody(
+                kind="decide",
+                queue="decisions",
+                prompt="Choose an intent",
+                missing="payload.title",
+                reason="decide classify: missing payload.title",
+                input_schema={"type": "object", "required": ["intent"]},
+                context={"input": {"text": "help"}},
+                expires_at=T0,
+            ),
+        ),
+        "human_input_received": HumanInputReceived(
+            **_env(step_id="review"),
+            body=HumanInputReceivedBody(input={"resolution": "ok"}, submitted_by="ops@example.com", command_id="c-1"),
+        ),
+        "human_input_rejected": HumanInputRejected(
+            **_env(step_id="review"),
+            body=HumanInputRejectedBody(
+                problems=["input.resolution: required field is missing"], submitted_by="ops", command_id="c-2"
+            ),
+        ),
+        "wait_started": WaitStarted(
+            **_env(step_id="cool_off"),
+            body=WaitStartedBody(due_at=T0, timer_id="wait-cool_off-7", reason="waiting until noon"),
+        ),
+        "run_blocked": RunBlocked(
+            **_env(step_id="charge"),
+            body=RunBlockedBody(cap="max_steps_per_run", limit=3, value=3, reason="cap max_steps_per_run reached"),
+        ),
+        "run_cancelled": RunCancelled(
+            **_env(),
+            body=RunCancelledBody(reason="cancelled by ops: wrong order", requested_by="ops", in_flight_step="charge"),
         ),
     }
 

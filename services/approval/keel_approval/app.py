@@ -1,0 +1,174 @@
+"""The approval service's process: NATS wiring (requests and expiry timers in, decisions and timers out)
+plus the HTTP API and inbox, served by uvicorn on the same event loop."""
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from faststream.nats import NatsMessage
+
+from keel_approval.approvers import ApproverDirectory
+from keel_approval.db import Database, database_url
+from keel_approval.records import ApprovalRecord
+from keel_approval.service import ApprovalService
+from keel_approval.store import ApprovalStore, TooEarly
+from keel_approval.stream import read_approval_events
+from keel_approval.timers import ApprovalExpiryDue, expiry_timer
+from keel_approval.webapp import create_app
+from keel_contracts import subjects as s
+from keel_contracts import timers as t
+from keel_contracts.approvals import ApprovalRequested
+from keel_contracts.envelope import Message
+from keel_shared.consuming import Redeliver
+from keel_shared.eventstore import EventStore
+from keel_shared.logging import bound_context, get_logger
+from keel_shared.publishing import publish_with_retry
+from keel_shared.service import ServiceRuntime
+from keel_shared.settings import KeelSettings
+
+log = get_logger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: FastStream owns SIGINT/SIGTERM and stops us in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApprovalRuntime(ServiceRuntime):
+    def __init__(self, settings: KeelSettings) -> None:
+        super().__init__(s.APPROVAL, settings)
+        self.http: _EmbeddedServer | None = None
+
+    def health(self) -> dict[str, Any]:
+        doc = super().health()
+        serving = bool(self.http is not None and self.http.started)
+        doc["http_serving"] = serving
+        if not serving:
+            doc["status"] = "unavailable"
+        return doc
+
+
+def build(settings: KeelSettings) -> ApprovalRuntime:
+    runtime = ApprovalRuntime(settings)
+    db = Database(database_url(settings))
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    store = ApprovalStore(db, clock)
+    directory = ApproverDirectory(db, clock)
+    events: EventStore | None = None
+
+    def event_store() -> EventStore:
+        nonlocal events
+        if events is None:
+            events = EventStore(
+                runtime.nc,
+                runtime.js,
+                s.APPROVAL,
+                timeout=settings.publish_timeout,
+                budget=settings.publish_retry_budget,
+            )
+        return events
+
+    async def publish(message: Message) -> None:
+        await event_store().append_unguarded(message)
+
+    async def schedule(record: ApprovalRecord) -> None:
+        subject, data, headers = expiry_timer(record)
+        await publish_with_retry(
+            runtime.js, subject, data, headers, timeout=settings.publish_timeout, budget=settings.publish_retry_budget
+        )
+
+    service = ApprovalService(store, directory, publish, schedule, clock)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    @runtime.pull_subscriber(
+        s.APPROVAL_REQUESTED_ALL,
+        stream=s.EVENTS_STREAM,
+        durable=s.APPROVAL_REQUESTS_DURABLE,
+        batch_size=32,
+        description="A run asks for approval: record it, show it to approvers, schedule its expiry",
+    )
+    async def on_request(event: ApprovalRequested, msg: NatsMessage) -> None:
+        meta = msg.raw_message.metadata
+        seq = meta.sequence.stream if meta.sequence else 0
+        with bound_context(run_id=event.run_id, approval_id=event.body.approval_id):
+            await service.on_requested(event, seq)
+
+    @runtime.pull_subscriber(
+        t.APPROVAL_TIMERS_FIRE,
+        stream=t.TIMERS_STREAM,
+        durable=t.APPROVAL_TIMERS_DURABLE,
+        batch_size=32,
+        description="An approval's expiry is due: expire it (and escalate) unless it was decided",
+    )
+    async def on_expiry(timer: ApprovalExpiryDue, msg: NatsMessage) -> None:
+        with bound_context(run_id=timer.run_id, approval_id=timer.body.approval_id):
+            try:
+                await service.expire(timer.body.approval_id)
+            except TooEarly as exc:
+                raise Redeliver(max(exc.remaining, 0.0) + 0.05, "expiry timer fired before the expiry") from exc
+
+    async def on_startup() -> None:
+        await asyncio.to_thread(db.migrate)
+        log.info("approval_store_ready", db=db.describe())
+
+    async def after_startup() -> None:
+        if await asyncio.to_thread(store.is_empty):
+            # A new or lost store: the stream has every request and decision, so start from it.
+            found = await read_approval_events(event_store(), settings.max_message_bytes)
+            if found:
+                applied = await service.rebuild(found, wipe=False)
+                log.info("approval_store_rebuilt", events=len(found), applied=applied)
+        rescheduled = await service.reschedule_pending()
+        log.info("approval_timers_rescheduled", pending=rescheduled)
+        tasks.append(asyncio.create_task(service.run_outbox(stop)))
+        await _serve_http()
+
+    async def _serve_http() -> None:
+        app = create_app(
+            service, cookie_secure=settings.approval_cookie_secure, session_hours=settings.approval_session_hours
+        )
+        config = uvicorn.Config(
+            app,
+            host=settings.approval_http_host,
+            port=settings.approval_http_port,
+            http="h11",
+            lifespan="off",
+            # Access logs are off: the API's paths carry approval ids, and decisions are logged by the
+            # service itself with the approver's name (never a token).
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        runtime.http = _EmbeddedServer(config)
+        task = asyncio.create_task(runtime.http.serve())
+        tasks.append(task)
+        while not runtime.http.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"approval HTTP server did not start on port {settings.approval_http_port}")
+            await asyncio.sleep(0.05)
+        log.info("approval_http_listening", url=f"http://{settings.approval_http_host}:{settings.approval_http_port}")
+
+    async def on_shutdown() -> None:
+        stop.set()
+        if runtime.http is not None:
+            runtime.http.should_exit = True
+        for task in tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+        db.dispose()
+
+    runtime.app.on_startup(on_startup)
+    runtime.app.after_startup(after_startup)
+    runtime.app.on_shutdown(on_shutdown)
+    return runtime

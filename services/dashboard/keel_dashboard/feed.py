@@ -1,0 +1,77 @@
+"""Run events as the dashboard shows them: one JSON object per stored event, keyed by stream sequence.
+
+The browser gets the envelope fields it displays plus the whole event, undecoded beyond JSON, so an
+event type this dashboard does not know yet (a newer writer) still shows up in the timeline.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from keel_contracts import subjects as s
+from keel_shared.follow import StartAt, follow
+
+#: Envelope fields copied to the top of each timeline entry (the event itself travels whole in "event").
+_ENVELOPE = ("occurred_at", "step_id", "attempt", "actor", "id")
+
+
+class FeedError(ValueError):
+    """A feed request that names no valid run or workflow (the web layer answers 400)."""
+
+
+def timeline_entry(seq: int, subject: str, data: bytes) -> dict[str, Any]:
+    workflow, run_id, emitter, event_type = s.parse_event_subject(subject)
+    try:
+        event: Any = json.loads(data)
+    except ValueError:
+        event = None
+    entry: dict[str, Any] = {
+        "seq": seq,
+        "subject": subject,
+        "workflow": workflow,
+        "run_id": run_id,
+        "emitter": emitter,
+        "type": event_type,
+    }
+    if isinstance(event, dict):
+        entry.update({k: event.get(k) for k in _ENVELOPE})
+    entry["event"] = event
+    return entry
+
+
+def feed_filter(run_id: str | None = None, workflow: str | None = None) -> str:
+    """The KEEL_EVENTS subject filter of one run, one workflow, or (neither given) every run."""
+    try:
+        if run_id:
+            s.token(run_id, "run id")
+            if workflow:
+                return s.run_filter(s.token(workflow, "workflow"), run_id)
+            return s.any_workflow_run_filter(run_id)
+        if workflow:
+            return s.workflow_filter(s.token(workflow, "workflow"))
+    except s.InvalidToken as exc:
+        raise FeedError(str(exc)) from None
+    return s.EVENTS_ALL
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """`Last-Event-ID` (or `?after=`): the stream sequence the client has already seen."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        seq = int(value.strip())
+    except ValueError:
+        raise FeedError(f"Last-Event-ID must be a stream sequence (an integer), got {value!r}") from None
+    if seq < 0:
+        raise FeedError("Last-Event-ID must not be negative")
+    return seq
+
+
+async def run_events(
+    js: JetStreamContext, subject_filter: str, *, after: int | None, start: StartAt, idle: float
+) -> AsyncIterator[dict[str, Any] | None]:
+    """Timeline entries after sequence `after` (or from `start`), then live; None when idle."""
+    async for delivered in follow(js, s.EVENTS_STREAM, subject_filter, after=after, start=start, idle=idle):
+        yield None if delivered is None else timeline_entry(delivered.seq, delivered.subject, delivered.data)
