@@ -5,7 +5,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ from keel_shared.natsserver import NatsServer
 from keel_shared.settings import KeelSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What most tests need; a test that exercises another service asks for it (`services=`): fewer
+#: processes per test keeps the suite fast on a 2-core machine.
+CORE_SERVICES = ("router", "executor")
+ALL_SERVICES = ("router", "executor", "approval", "audit", "dashboard", "ingress")
 TEST_WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 
 
@@ -82,7 +86,12 @@ async def keel_stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[S
     crashed executor's command come back within seconds."""
     stacks: list[StackHandle] = []
 
-    async def start(executors: int = 1, env: dict[str, str] | None = None, **settings: Any) -> StackHandle:
+    async def start(
+        executors: int = 1,
+        env: dict[str, str] | None = None,
+        services: Collection[str] = CORE_SERVICES,
+        **settings: Any,
+    ) -> StackHandle:
         data_dir = tmp_path / f"stack{len(stacks)}"
         ledger_url = f"sqlite:///{data_dir / 'ledger.db'}"
         provisioning = KeelSettings(**{"ack_wait_seconds": 3, **settings})
@@ -102,6 +111,7 @@ async def keel_stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[S
             workflows_dir=stack_workflows(tmp_path),
             extra_env=extra_env,
             settings=provisioning,
+            services=services,
         )
         await stack.start()
         handle = StackHandle(stack, ledger_url, data_dir)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 async def test_a_finance_approver_approves_a_refund_in_the_inbox(keel_stack: StackFactory, chromium: Path) -> None:
     from playwright.async_api import async_playwright
 
-    stack = await keel_stack()
+    stack = await keel_stack(services=("router", "executor", "approval"))
     base = stack.stack.approval_url
     assert base is not None
     tokens = add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", fiona=["finance"])
@@ -82,7 +82,7 @@ async def test_an_inbox_approval_resumes_a_parked_refund_run_to_the_end(
     router_gates_or_skip()
     (tmp_path / "workflows").mkdir(exist_ok=True)
     (tmp_path / "workflows" / "refund_approval.yaml").write_text(REFUND_WORKFLOW)
-    stack = await keel_stack()
+    stack = await keel_stack(services=("router", "executor", "approval"))
     base = stack.stack.approval_url
     assert base is not None
     tokens = add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", fiona=["finance"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keel_contracts.envelope import run_id_for
-from tests.conftest import CHROMIUM_FLAGS, ROOT, StackFactory
+from tests.conftest import ALL_SERVICES, CHROMIUM_FLAGS, ROOT, StackFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ async def test_a_new_run_appears_and_moves_to_done_on_screen(
     workflows = tmp_path / "workflows"
     workflows.mkdir()
     (workflows / "dash_slow.yaml").write_text(json.dumps(SLOW_WORKFLOW))  # JSON is YAML
-    stack = await keel_stack()
+    stack = await keel_stack(services=ALL_SERVICES)
     url = stack.stack.dashboard_url
     assert url is not None
     intent = "browser-1"

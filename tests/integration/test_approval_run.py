@@ -38,7 +38,7 @@ async def test_a_refund_parks_for_finance_and_one_approval_runs_the_write_once(
 ) -> None:
     (tmp_path / "workflows").mkdir(exist_ok=True)
     (tmp_path / "workflows" / "refund_approval.yaml").write_text(REFUND_WORKFLOW)
-    stack = await keel_stack()
+    stack = await keel_stack(services=("router", "executor", "approval"))
     base = stack.stack.approval_url
     assert base is not None
     tokens = add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", fiona=["finance"], sam=["security"])

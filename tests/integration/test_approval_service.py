@@ -40,7 +40,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | 
 
 
 async def start(keel_stack: StackFactory, store_url: str | None) -> tuple[StackHandle, str, str]:
-    stack = await keel_stack(env={"KEEL_APPROVAL_DB_URL": store_url} if store_url else {})
+    stack = await keel_stack(
+        services=("router", "executor", "approval"), env={"KEEL_APPROVAL_DB_URL": store_url} if store_url else {}
+    )
     url = store_url or f"sqlite:///{stack.data_dir / 'approvals.db'}"
     base = stack.stack.approval_url
     assert base is not None

@@ -102,7 +102,7 @@ async def run_demo(stack: StackHandle, key: str, workflow: str = "demo", data: A
 async def test_every_event_of_the_stream_is_in_exactly_one_segment_and_the_log_verifies(
     keel_stack: StackFactory,
 ) -> None:
-    stack = await keel_stack(env=SMALL_SEGMENTS)
+    stack = await keel_stack(services=("router", "executor", "audit"), env=SMALL_SEGMENTS)
     for n in range(3):
         await run_demo(stack, f"audit-a-{n}")
     store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
@@ -126,7 +126,7 @@ async def test_every_event_of_the_stream_is_in_exactly_one_segment_and_the_log_v
 async def test_a_sigkilled_audit_service_resumes_with_no_duplicate_and_no_hole(keel_stack: StackFactory) -> None:
     # Segments close by count only, so the open segment holds events at the moment of the kill.
     env = {"KEEL_AUDIT_SEGMENT_MAX_RECORDS": "7", "KEEL_AUDIT_SEGMENT_MAX_AGE_SECONDS": "3600"}
-    stack = await keel_stack(env=env)
+    stack = await keel_stack(services=("router", "executor", "audit"), env=env)
     store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
 
     async def caught_up() -> bool:
@@ -163,7 +163,7 @@ async def test_a_sigkilled_audit_service_resumes_with_no_duplicate_and_no_hole(k
 
 
 async def test_keel_audit_show_rebuilds_runs_from_the_segments_alone(keel_stack: StackFactory) -> None:
-    stack = await keel_stack(env=SMALL_SEGMENTS)
+    stack = await keel_stack(services=("router", "executor", "audit"), env=SMALL_SEGMENTS)
     ok = await run_demo(stack, "audit-show-demo", data={"customer": "ACME"})
     caught = await run_demo(stack, "audit-show-flaky", workflow="flaky", data={"fail_times": 5})
     store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
@@ -274,7 +274,11 @@ async def test_object_store_backend_writes_once_round_trips_and_verifies(nats_se
 
 
 async def test_the_service_writes_to_the_object_store_and_keel_audit_reads_it(keel_stack: StackFactory) -> None:
-    stack = await keel_stack(env={**SMALL_SEGMENTS, "KEEL_AUDIT_STORE": "object_store"}, audit_store="object_store")
+    stack = await keel_stack(
+        services=("router", "executor", "audit"),
+        env={**SMALL_SEGMENTS, "KEEL_AUDIT_STORE": "object_store"},
+        audit_store="object_store",
+    )
     run_id = await run_demo(stack, "audit-objstore")
     last = await stream_last_seq(stack.nats_url)
 

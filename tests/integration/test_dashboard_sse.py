@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from keel_contracts.envelope import run_id_for
-from tests.conftest import StackFactory, eventually
+from tests.conftest import ALL_SERVICES, StackFactory, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ async def read_events(
 
 
 async def test_a_run_timeline_streams_live_and_resumes_after_last_event_id(keel_stack: StackFactory) -> None:
-    stack = await keel_stack()
+    stack = await keel_stack(services=ALL_SERVICES)
     base = stack.stack.dashboard_url
     assert base is not None
     run_id = run_id_for("default", "demo", "sse-1")

@@ -14,7 +14,7 @@ import yaml
 
 from keel_cli.stack import Stack
 from keel_shared.natsserver import free_port
-from tests.conftest import StackFactory, StackHandle, eventually
+from tests.conftest import ALL_SERVICES, StackFactory, StackHandle, eventually
 from tests.unit.test_metrics_assets import PROMETHEUS, SERVICES, alert_exprs, grafana_exprs, metric_names
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def ports(stack: Stack) -> dict[str, list[int]]:
 
 
 async def started_stack(keel_stack: StackFactory) -> tuple[StackHandle, str]:
-    stack = await keel_stack(env=FAST_POLL)
+    stack = await keel_stack(services=ALL_SERVICES, env=FAST_POLL)
     async with await stack.client() as keel:
         answer = await keel.trigger("demo", {}, "metrics-1", wait=True)
     assert answer.status == "done", stack.logs()

@@ -35,12 +35,13 @@ async def ingress_stack(keel_stack: StackFactory, tmp_path: Path) -> tuple[Stack
     sources = tmp_path / "sources.json"
     sources.write_text(json.dumps({"orders": {"intent_key": "body:order.id", "workflows": ["demo"]}}))
     stack = await keel_stack(
+        services=("router", "executor", "ingress"),
         env={
             "KEEL_INGRESS_SOURCES_FILE": str(sources),
             "KEEL_WEBHOOK_SECRET_ORDERS": SECRET,
             "KEEL_WEBHOOK_SECRET_GENERIC": SECRET,
             "KEEL_WEBHOOK_SECRET_SLACK": SLACK_SECRET,
-        }
+        },
     )
     return stack, f"http://127.0.0.1:{stack.stack.children['ingress'].spec.metrics_port}"
 

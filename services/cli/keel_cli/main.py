@@ -115,6 +115,9 @@ def up(
     http_port: Annotated[int, typer.Option(help="First HTTP port; services use the ones after it.")] = 8420,
     nats_url: Annotated[str | None, typer.Option(help="Use this NATS server instead of starting one.")] = None,
     executors: Annotated[int, typer.Option(min=1, max=32, help="Executor processes.")] = 1,
+    sandbox: Annotated[
+        bool, typer.Option(help="Also serve the sandbox systems of record the example workflows write to.")
+    ] = True,
     workflows_dir: Annotated[Path, typer.Option(envvar="KEEL_WORKFLOWS_DIR")] = Path("workflows"),
     demo: Annotated[bool, typer.Option(help="Run the demo workflow once the stack is up.")] = False,
     exit_after_demo: Annotated[bool, typer.Option(help="Stop the stack after the demo.")] = False,
@@ -124,7 +127,9 @@ def up(
 ) -> None:
     """Run Keel on this machine: nats-server, streams, and every service, until Ctrl-C."""
     secure_dir = data_dir / "secure" if secure else None
-    stack = Stack(data_dir, nats_port, http_port, nats_url, executors, workflows_dir, secure_dir=secure_dir)
+    stack = Stack(
+        data_dir, nats_port, http_port, nats_url, executors, workflows_dir, secure_dir=secure_dir, sandbox=sandbox
+    )
 
     async def go() -> int:
         stop = asyncio.Event()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class Child:
     restarts: int = 0
 
 
-def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
+def service_specs(http_port: int, executors: int, sandbox: bool = False) -> list[ServiceSpec]:
     """Approval inbox on http_port, router on http_port+1, executors after it, then the approval
     and audit services' metrics. http_port 0 gives every service a free port."""
 
@@ -67,6 +68,10 @@ def service_specs(http_port: int, executors: int) -> list[ServiceSpec]:
     # The webhook ingress serves hooks, /healthz and /metrics on one port.
     ingress = port(6 + executors)
     specs.append(ServiceSpec("ingress", "keel_router.ingress", ingress, env={"KEEL_INGRESS_HTTP_PORT": str(ingress)}))
+    if sandbox:
+        # The sandbox systems of record the example workflows write to; /healthz on its own API port.
+        api = port(7 + executors)
+        specs.append(ServiceSpec("sandbox", "keel_sandbox", api, env={"KEEL_SANDBOX_PORT": str(api)}))
     return specs
 
 
@@ -82,12 +87,17 @@ class Stack:
         extra_env: dict[str, str] | None = None,
         settings: KeelSettings | None = None,
         secure_dir: Path | None = None,
+        sandbox: bool = False,
+        services: Collection[str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.http_port = http_port
         self.server: NatsServer | None = None if nats_url else NatsServer(self.data_dir / "nats", port=nats_port)
         self._nats_url = nats_url
-        self.specs = service_specs(http_port, executors)
+        # `services` runs a subset (tests start only what they exercise); None runs everything.
+        self.specs = [
+            spec for spec in service_specs(http_port, executors, sandbox) if services is None or spec.name in services
+        ]
         self.workflows_dir = (workflows_dir or Path("workflows")).resolve()
         self.extra_env = extra_env or {}
         # Provisioning settings (replicas, ack wait, dedupe window); the URL is always this stack's.
@@ -138,9 +148,14 @@ class Stack:
                 "KEEL_INSTANCE_ID": f"{spec.label}-{os.getpid()}",
             }
         )
+        sandbox = next((s for s in self.specs if s.name == "sandbox"), None)
+        if sandbox is not None:
+            env.setdefault("KEEL_SANDBOX_URL", f"http://127.0.0.1:{sandbox.metrics_port}")
+            env.setdefault("KEEL_SANDBOX_DB_URL", f"sqlite:///{self.data_dir / 'sandbox.db'}")
         env.update(spec.env)
         env.update(self.extra_env)
-        if self.secure is not None:
+        # Only processes that talk to NATS have an identity (the sandbox, an HTTP stand-in, has none).
+        if self.secure is not None and spec.name in self.secure.identities:
             env["KEEL_NATS_NKEY_SEED_FILE"] = str(self.secure.seed_file(spec.name))
         return env
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 from sqlalchemy import DateTime, Engine, Integer, String, create_engine, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from keel_contracts.errors import ErrorClass
@@ -80,7 +80,12 @@ def ledger_url(data_dir: str) -> str:
 @cache
 def ledger_engine(url: str) -> Engine:
     engine = create_engine(url)
-    _Base.metadata.create_all(engine)
+    try:
+        _Base.metadata.create_all(engine)
+    except (OperationalError, ProgrammingError):
+        # Several executors starting on a fresh database race to create the tables: the loser sees
+        # "already exists". A second pass finds them (and still fails loudly on any other problem).
+        _Base.metadata.create_all(engine)
     return engine
 
 
