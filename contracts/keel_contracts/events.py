@@ -19,6 +19,8 @@ class RunStartedBody(Body):
     trigger_id: KeyText
     input: dict[str, JsonValue]
     workflow_version: Annotated[int, Field(ge=0)] = 0
+    # Who asked for the run (the trigger's actor): the requester of its approvals, who may not approve them.
+    triggered_by: Annotated[str, Field(max_length=256)] = ""
 
 
 class RunStarted(Message):

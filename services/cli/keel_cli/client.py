@@ -156,10 +156,11 @@ class KeelClient:
         source: str = "cli",
         wait: bool = False,
         timeout: float = 30.0,
+        actor: str | None = None,
     ) -> TriggerAnswer:
         """Start (or join) the run for this intent. Returns once the router has answered; with `wait`,
         once the run has finished."""
-        trig = build_trigger(workflow, input, intent_key, source=source, tenant=self.tenant)
+        trig = build_trigger(workflow, input, intent_key, source=source, tenant=self.tenant, actor=actor)
         try:
             outcome = await submit_trigger(self.nc, self.js, trig, wait=wait, timeout=timeout)
         except Refused as exc:

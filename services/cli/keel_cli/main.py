@@ -195,6 +195,10 @@ def trigger(
         str | None, typer.Option("--key", help="Intent key: the same key always means the same run.")
     ] = None,
     source: Annotated[str, typer.Option(help="Trigger source (a subject token).")] = "cli",
+    actor: Annotated[
+        str | None,
+        typer.Option("--actor", help="Who is asking (recorded on the run; they cannot approve its writes)."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer (or the end with --wait).")] = 60.0,
     as_json: JsonFlag = False,
@@ -213,7 +217,7 @@ def trigger(
     async def go() -> Any:
         async with await KeelClient.connect(nats_url) as keel:
             try:
-                return await keel.trigger(workflow, data, key, source=source, wait=wait, timeout=timeout)
+                return await keel.trigger(workflow, data, key, source=source, wait=wait, timeout=timeout, actor=actor)
             except ValueError as exc:  # an invalid workflow or source token
                 raise KeelError(str(exc)) from None
 

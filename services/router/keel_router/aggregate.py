@@ -123,6 +123,8 @@ class RunState:
     started_at: datetime
     updated_at: datetime
     last_seq: int
+    # Who triggered the run (its first trigger's actor).
+    triggered_by: str = ""
     status: RunStatus = RunStatus.RUNNING
     reason: str = "started"
     triggers: frozenset[str] = frozenset()
@@ -230,6 +232,7 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 updated_at=event.occurred_at,
                 last_seq=seq,
                 triggers=frozenset({event.body.trigger_id}),
+                triggered_by=event.body.triggered_by,
             )
         # A run's first event is always run_started; anything else before it cannot be folded.
         return None

@@ -149,6 +149,7 @@ class Engine:
                 trigger_id=trigger.id,
                 input=dict(trigger.body.input),
                 workflow_version=workflow.version,
+                triggered_by=trigger.actor,
             ),
         )
         fresh = apply(None, 1, started)

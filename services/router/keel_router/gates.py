@@ -118,7 +118,8 @@ def request_approval(
             summary=summary[:4096],
             evidence=evidence,
             reason=f"{reason}; waiting for {role} to approve {write.tool}"[:1024],
-            requested_by=f"{em.actor}:{state.run_id}",
+            # The person or agent who triggered the run asked for this write: they may not approve it.
+            requested_by=state.triggered_by or f"{em.actor}:{state.run_id}",
             expires_at=em.clock() + timedelta(seconds=expires_after_seconds),
             escalate_to=escalate_to,
         ),

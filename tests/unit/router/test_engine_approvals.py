@@ -12,6 +12,7 @@ from keel_contracts.events import RouteDecided, RunCompleted, RunFailed, StepSch
 from keel_contracts.runs import RunStatus
 from keel_router.engine import Engine
 from keel_router.workflow import Policy, Workflow
+from keel_shared.triggers import build_trigger
 
 REFUND = workflow(
     """
@@ -88,6 +89,17 @@ def test_an_approval_step_requests_the_exact_rendered_payload_of_the_write_it_ga
     assert body.expires_at > request.occurred_at
     assert run_log.run.status is RunStatus.NEEDS_APPROVAL
     assert engine.effects(run_log.run) == []  # nothing runs while the run waits for a person
+
+
+def test_the_approval_names_who_triggered_the_run_as_its_requester(engine, run_log):
+    trigger = build_trigger("refund", {"charge_id": "ch_1", "amount": 500}, "order-1", source="test", actor="ada")
+    run_log.append(engine.on_trigger(None, trigger, REFUND))
+    run_log.append([succeeded(run_log.run, {"email": "ada@example.com"})])
+    (request,) = run_log.append(engine.advance(run_log.run, REFUND, None))
+
+    assert isinstance(request, ApprovalRequested)
+    # The approval service refuses a decision by the requester: ada may not approve her own refund.
+    assert request.body.requested_by == "ada"
 
 
 def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_execute_command(engine, run_log, make_trigger):

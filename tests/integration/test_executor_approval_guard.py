@@ -1,0 +1,83 @@
+"""The executor's last line of defence for approvals, on a real server: whatever sends it a command, a
+write whose payload differs from the approved one is refused before the tool runs."""
+
+import nats
+import pytest
+
+from keel_contracts import subjects as s
+from keel_contracts.approvals import payload_hash
+from keel_contracts.codec import decode_event, encode
+from keel_contracts.commands import ExecuteStep, ExecuteStepBody, execute_message_id
+from keel_contracts.events import StepFailed, StepSucceeded
+from keel_executor.tools.demo import ledger_counts
+from tests.conftest import StackFactory, eventually
+
+pytestmark = pytest.mark.integration
+
+APPROVED = {"account": "acct-1", "amount": 100}
+
+
+def command(run_id: str, payload: dict, approved_hash: str) -> ExecuteStep:
+    command_id = f"{run_id}.refund.1.1"
+    return ExecuteStep(
+        id=execute_message_id(command_id),
+        run_id=run_id,
+        workflow="demo",
+        step_id="refund",
+        attempt=1,
+        correlation_id=run_id,
+        actor="router",
+        dedupe_key=command_id,
+        body=ExecuteStepBody(
+            tool="demo.ledger",
+            input=payload,
+            idempotency_key=f"key-{run_id}",
+            timeout_seconds=10,
+            side_effect="write",
+            approval_id=f"{run_id}-approval",
+            approved_payload_hash=approved_hash,
+        ),
+    )
+
+
+async def outcome_of(js, run_id: str):
+    stored = []
+
+    async def fetch():
+        sub = await js.subscribe(f"keel.run.demo.{run_id}.executor.*", stream=s.EVENTS_STREAM, ordered_consumer=True)
+        try:
+            msg = await sub.next_msg(timeout=1)
+            stored.append(decode_event(msg.data))
+        except nats.errors.TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return stored
+
+    await eventually(fetch, timeout=60)
+    return stored[0]
+
+
+async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothing_is_written(
+    keel_stack: StackFactory,
+) -> None:
+    stack = await keel_stack()
+    nc = await nats.connect(stack.nats_url)
+    js = nc.jetstream()
+    try:
+        approved = payload_hash(APPROVED)
+        changed = command("rchanged", {**APPROVED, "amount": 100_000}, approved)
+        await js.publish(s.execute_subject("rchanged"), encode(changed), headers={"Nats-Msg-Id": changed.dedupe_key})
+        refused = await outcome_of(js, "rchanged")
+        assert isinstance(refused, StepFailed)
+        assert refused.body.error_class == "refused"
+        assert approved in refused.body.message
+        assert ledger_counts(stack.ledger_url, "rchanged") == {"invocations": 0, "effects": 0}
+
+        # The same command with the payload that was approved runs, once.
+        same = command("rsame", dict(APPROVED), approved)
+        await js.publish(s.execute_subject("rsame"), encode(same), headers={"Nats-Msg-Id": same.dedupe_key})
+        assert isinstance(await outcome_of(js, "rsame"), StepSucceeded)
+        assert ledger_counts(stack.ledger_url, "rsame") == {"invocations": 1, "effects": 1}
+    finally:
+        await nc.close()
