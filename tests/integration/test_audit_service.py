@@ -27,11 +27,13 @@ from keel_audit.store import AuditDirectory, DirectorySegmentStore, SegmentStore
 from keel_audit.verify import Verdict, verify_log
 from keel_audit.writer import SegmentPolicy, SegmentWriter
 from keel_contracts import subjects as s
+from keel_sandbox.testing import SandboxProcess
 from keel_shared.connection import connect
 from keel_shared.natsserver import NatsServer
 from keel_shared.provisioning import provision
 from keel_shared.settings import KeelSettings
 from tests.conftest import StackFactory, StackHandle, eventually
+from tests.integration.router_kit import approval_request, decide_approval, reaches
 
 pytestmark = pytest.mark.integration
 
@@ -292,3 +294,35 @@ async def test_the_service_writes_to_the_object_store_and_keel_audit_reads_it(ke
     doc = json.loads(out)
     assert doc["final"]["status"] == "done" and doc["all_verified"] is True
     assert not (audit_dir(stack) / "segments").exists()  # nothing went to the directory backend
+
+
+async def test_keel_audit_show_reconstructs_the_approval_example_end_to_end(
+    keel_stack: StackFactory, sandbox: SandboxProcess
+) -> None:
+    stack = await keel_stack(
+        services=("router", "executor", "audit"), env={**SMALL_SEGMENTS, "KEEL_SANDBOX_URL": sandbox.base_url}
+    )
+    async with await stack.client() as keel:
+        answer = await keel.trigger(
+            "refund", {"charge_id": "1", "amount_cents": 1000, "reason": "damaged"}, "audit-refund", actor="ada"
+        )
+        await reaches(keel, answer.run_id, "needs_approval")
+        request = await approval_request(keel, answer.run_id)
+        await decide_approval(stack.nats_url, request, "granted", by="fin@example.com", reason="checked")
+        await reaches(keel, answer.run_id, "done")
+    store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
+    await eventually(lambda: all_sealed(stack, store))
+
+    code, out = cli("show", answer.run_id, "--dir", str(audit_dir(stack)), "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["all_verified"] is True and doc["final"]["status"] == "done"
+    assert doc["trigger"]["intent_key"] == "audit-refund"
+    [approval] = doc["approvals"]
+    assert approval["roles"] == ["finance"] and approval["requested_by"] == "ada"
+    assert approval["decision"] == "granted" and approval["decided_by"] == ["fin@example.com"]
+    assert approval["payload_hash"] == request.body.payload_hash and approval["hash_matches"] is True
+    [refund] = [w for w in doc["writes"] if w["tool"] == "billing.refund"]
+    assert refund["approved_payload_hash"] == request.body.payload_hash
+    assert refund["approval_ids"] == [request.body.approval_id] and refund["verified"] is True
+    assert sandbox.count("billing_refunds", run_id=answer.run_id) == 1
