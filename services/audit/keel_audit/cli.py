@@ -30,6 +30,8 @@ from keel_audit.runreport import collect, render_text
 from keel_audit.signing import Signer, encode_public_key, load_signer, write_private_key
 from keel_audit.store import AuditDirectory, DirectorySegmentStore, SegmentStore
 from keel_audit.verify import Kind, Problem, Severity, Verdict, verify_log
+from keel_audit.writer import SegmentWriter
+from keel_contracts.subjects import EVENTS_STREAM
 from keel_shared.connection import connect
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
@@ -217,6 +219,34 @@ def keys_generate(
         raise _fail(f"cannot write {out}: {exc}") from exc
     typer.echo(f"key_id:     {signer.key_id}")
     typer.echo(f"public_key: {encode_public_key(signer.public_key)}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    current: Annotated[Path, typer.Option("--current", help="The key the log is signed with now (PEM).")],
+    new: Annotated[Path, typer.Option("--new", help="The key to sign with from now on (PEM; `keys generate`).")],
+    directory: DirOption = None,
+) -> None:
+    """Switch the log to a new signing key: a key_change record, signed by the current key, announces the
+    new one, and the published keyring retires the old key at that segment. Run it while the audit
+    service is stopped (one writer per log), then start the service with KEEL_AUDIT_SIGNING_KEY_FILE
+    pointing at the new key."""
+    root = directory or default_dir()
+    layout = AuditDirectory(root)
+    try:
+        old_signer, new_signer = load_signer(path=current), load_signer(path=new)
+        writer = SegmentWriter(
+            DirectorySegmentStore(layout.segments),
+            old_signer,
+            stream=EVENTS_STREAM,
+            keyring=KeyringFile(layout.keyring),
+            payloads=DirectoryPayloadStore(layout.payloads),
+        )
+        sealed = writer.rotate(new_signer)
+    except (AuditError, OSError, ValueError) as exc:
+        raise _fail(f"cannot rotate the key of {root}: {exc}") from exc
+    typer.echo(f"rotated {old_signer.key_id} -> {new_signer.key_id} in segment {sealed.index}")
+    typer.echo(f"now start the audit service with KEEL_AUDIT_SIGNING_KEY_FILE={new}")
 
 
 @app.command()
