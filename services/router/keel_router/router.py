@@ -113,18 +113,19 @@ class Router:
     ) -> RunState | None:
         with bound_context(run_id=run_id, workflow=workflow):
             async with self._runs.lock(run_id):
-                before, state = await self._runs.transact(workflow, run_id, decide)
+                done = await self._runs.transact(workflow, run_id, decide)
+                state = done.after
                 if state is None:
                     return None
-                appended = state is not before
-                if appended or redelivered:
-                    # After a crash between storing a transition and publishing its effects, the
-                    # redelivered message lands here with nothing new to decide: publish them again.
+                if done.appended or done.conflicted or redelivered:
+                    # Publishing effects is idempotent, so do it whenever they may be missing: after a
+                    # crash between storing a transition and publishing (the message comes back), and
+                    # after a conflict, which may hide our own stored-but-unacknowledged append.
                     for effect in self._engine.effects(state):
                         await self._publish(effect)
                     await self._put_view(state.view())
-                if appended:
-                    self._observe(before, state)
+                if done.appended:
+                    self._observe(done.before, state)
                 return state
 
     @staticmethod

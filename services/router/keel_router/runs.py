@@ -9,6 +9,7 @@ made again.
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode_event
@@ -20,6 +21,26 @@ from keel_shared.logging import get_logger
 log = get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What one `transact` did. `before` is the state decided on; `after` the state once the decision
+    was stored (the same object when there was nothing to decide).
+
+    `conflicted` says an append was refused on the way. That includes the case where our own append
+    was stored but its acknowledgement was lost (a leader failover) and the retry was refused by the
+    sequence check: the re-read then finds our events and there is "nothing to decide", yet nobody has
+    published their effects. Callers must publish effects whenever `conflicted` is set.
+    """
+
+    before: RunState | None
+    after: RunState | None
+    conflicted: bool
+
+    @property
+    def appended(self) -> bool:
+        return self.after is not self.before
 
 
 class RunRepository:
@@ -69,18 +90,19 @@ class RunRepository:
         workflow: str,
         run_id: str,
         decide: Callable[[RunState | None], Sequence[Message]],
-    ) -> tuple[RunState | None, RunState | None]:
-        """Decide on the current state and store the decision. Returns (state decided on, state after
-        the decision); both are the same object when there was nothing to decide."""
+    ) -> Transaction:
+        """Decide on the current state and store the decision (see `Transaction`)."""
+        conflicted = False
         for _ in range(MAX_CONFLICT_RETRIES):
             state = await self.load(workflow, run_id)
             events = list(decide(state))
             if not events:
-                return state, state
+                return Transaction(state, state, conflicted)
             try:
                 last_seq = await self._store.append(events, state.last_seq if state else 0)
             except (ConcurrencyConflict, BatchAlreadyStored) as exc:
                 log.info("append_conflict", run_id=run_id, detail=str(exc))
+                conflicted = True
                 continue
             first_seq = last_seq - len(events) + 1  # a batch is stored contiguously
             after = state
@@ -88,5 +110,5 @@ class RunRepository:
                 after = apply(after, first_seq + offset, event)
             assert after is not None
             self._remember(after)
-            return state, after
+            return Transaction(state, after, conflicted)
         raise ConcurrencyConflict(f"run {run_id}: still conflicting after {MAX_CONFLICT_RETRIES} attempts")
