@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from keel_audit.checkpoint import Checkpoint
-from keel_audit.config import audit_dir
+from keel_audit.config import audit_dir, signing_key_file
 from keel_audit.erasure import DirectoryPayloadStore
 from keel_audit.errors import AuditError, RecordNotFoundError
 from keel_audit.keyring import Keyring, KeyringFile, KeyringStore
@@ -247,6 +247,34 @@ def keys_rotate(
         raise _fail(f"cannot rotate the key of {root}: {exc}") from exc
     typer.echo(f"rotated {old_signer.key_id} -> {new_signer.key_id} in segment {sealed.index}")
     typer.echo(f"now start the audit service with KEEL_AUDIT_SIGNING_KEY_FILE={new}")
+
+
+@app.command()
+def erase(
+    record_id: Annotated[str, typer.Argument(help="The record whose clear sensitive payload is to be erased.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the log).")],
+    requested_by: Annotated[str, typer.Option("--by", help="Who asked for the erasure (recorded in the log).")],
+    key: Annotated[Path | None, typer.Option("--key", help="The log's current signing key (PEM).")] = None,
+    directory: DirOption = None,
+) -> None:
+    """Erase the clear payload of a redacted record: an `erasure` record is sealed first (signed, with
+    who and why), then the payload is deleted; the salted hashes stay, so the log still verifies. Run it
+    while the audit service is stopped (one writer per log)."""
+    root = directory or default_dir()
+    layout = AuditDirectory(root)
+    try:
+        signer = load_signer(path=key or signing_key_file(KeelSettings()))
+        writer = SegmentWriter(
+            DirectorySegmentStore(layout.segments),
+            signer,
+            stream=EVENTS_STREAM,
+            keyring=KeyringFile(layout.keyring),
+            payloads=DirectoryPayloadStore(layout.payloads),
+        )
+        sealed = writer.erase(record_id, reason=reason, requested_by=requested_by)
+    except (AuditError, OSError, ValueError) as exc:
+        raise _fail(f"cannot erase {record_id}: {exc}") from exc
+    typer.echo(f"erased the clear payload of {record_id}; the erasure is recorded in segment {sealed.index}")
 
 
 @app.command()

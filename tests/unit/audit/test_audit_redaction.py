@@ -140,3 +140,30 @@ def test_reconstruction_restores_clear_values_and_marks_erased_ones_redacted(sen
     assert events[1].body["secret"] == "card-2"
     assert [r.kind for r in rows][-1] == "erasure"
     assert all(r.verified for r in rows)
+
+
+def test_keel_audit_erase_logs_who_and_why_deletes_the_payload_and_the_log_still_verifies(
+    sensitive_log: AuditLog, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from keel_audit.cli import app
+    from keel_audit.signing import write_private_key
+
+    key = tmp_path / "signing.pem"
+    write_private_key(sensitive_log.signer, key)
+    sensitive_log.clock.now = datetime.now(UTC)  # the command signs on the real clock
+    args = ["erase", f"{STREAM}:3", "--reason", "gdpr request 17", "--by", "user:dpo", "--key", str(key)]
+
+    result = CliRunner().invoke(app, [*args, "--dir", str(sensitive_log.root)])
+
+    assert result.exit_code == 0, result.output
+    assert sensitive_log.payloads.get(f"{STREAM}:3") is None
+    last = max(sensitive_log.store.indices())
+    erasure = json.loads(sensitive_log.store.read(last).split(b"\n")[0])
+    assert (erasure["t"], erasure["target"]) == ("erasure", f"{STREAM}:3")
+    assert sensitive_log.verify().verdict is Verdict.VALID
+    again = CliRunner().invoke(app, [*args, "--dir", str(sensitive_log.root)])
+    assert again.exit_code == 1 and "cannot erase" in again.output
