@@ -3,11 +3,9 @@ plus the HTTP API and inbox, served by uvicorn on the same event loop."""
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from faststream.nats import NatsMessage
 
 from keel_approval.approvers import ApproverDirectory
@@ -24,6 +22,7 @@ from keel_contracts.approvals import ApprovalRequested
 from keel_contracts.envelope import Message
 from keel_shared.consuming import Redeliver
 from keel_shared.eventstore import EventStore
+from keel_shared.http import EmbeddedServer, start_embedded
 from keel_shared.logging import bound_context, get_logger
 from keel_shared.publishing import publish_with_retry
 from keel_shared.service import ServiceRuntime
@@ -32,18 +31,10 @@ from keel_shared.settings import KeelSettings
 log = get_logger(__name__)
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: FastStream owns SIGINT/SIGTERM and stops us in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ApprovalRuntime(ServiceRuntime):
     def __init__(self, settings: KeelSettings) -> None:
         super().__init__(s.APPROVAL, settings)
-        self.http: _EmbeddedServer | None = None
+        self.http: EmbeddedServer | None = None
 
     def health(self) -> dict[str, Any]:
         doc = super().health()
@@ -137,26 +128,10 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
         app = create_app(
             service, cookie_secure=settings.approval_cookie_secure, session_hours=settings.approval_session_hours
         )
-        config = uvicorn.Config(
-            app,
-            host=settings.approval_http_host,
-            port=settings.approval_http_port,
-            http="h11",
-            lifespan="off",
-            # Access logs are off: the API's paths carry approval ids, and decisions are logged by the
-            # service itself with the approver's name (never a token).
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
+        runtime.http, task = await start_embedded(
+            app, settings.approval_http_host, settings.approval_http_port, name="approval", graceful_shutdown_seconds=5
         )
-        runtime.http = _EmbeddedServer(config)
-        task = asyncio.create_task(runtime.http.serve())
         tasks.append(task)
-        while not runtime.http.started:
-            if task.done():
-                task.result()
-                raise RuntimeError(f"approval HTTP server did not start on port {settings.approval_http_port}")
-            await asyncio.sleep(0.05)
         log.info("approval_http_listening", url=f"http://{settings.approval_http_host}:{settings.approval_http_port}")
 
     async def on_shutdown() -> None:

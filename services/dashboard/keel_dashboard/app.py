@@ -3,11 +3,8 @@ graceful stop) with no subscribers, a KV watch feeding the board, and the web ap
 the same event loop."""
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from prometheus_client import REGISTRY
 
 from keel_dashboard.board import RunBoard
@@ -15,6 +12,7 @@ from keel_dashboard.gauges import RunStateCollector
 from keel_dashboard.settings import DashboardSettings
 from keel_dashboard.watch import watch_runs
 from keel_dashboard.web import WebConfig, create_app
+from keel_shared.http import EmbeddedServer, start_embedded
 from keel_shared.logging import get_logger
 from keel_shared.service import ServiceRuntime
 
@@ -23,19 +21,11 @@ log = get_logger(__name__)
 SERVICE = "dashboard"
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: FastStream owns SIGINT/SIGTERM and stops us in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class DashboardRuntime(ServiceRuntime):
     def __init__(self, settings: DashboardSettings) -> None:
         super().__init__(SERVICE, settings)
         self.board = RunBoard()
-        self.http: _EmbeddedServer | None = None
+        self.http: EmbeddedServer | None = None
 
     def health(self) -> dict[str, Any]:
         doc = super().health()
@@ -59,25 +49,15 @@ def build(settings: DashboardSettings) -> DashboardRuntime:
             lambda: runtime.js,
             WebConfig(approval_url=settings.approval_url, max_rows=settings.dashboard_max_rows),
         )
-        config = uvicorn.Config(
+        # Event streams never end by themselves: give them a moment at shutdown, then close them.
+        runtime.http, serving = await start_embedded(
             app,
-            host=settings.dashboard_http_host,
-            port=settings.dashboard_http_port,
-            http="h11",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            # Event streams never end by themselves: give them a moment, then close them.
-            timeout_graceful_shutdown=2,
+            settings.dashboard_http_host,
+            settings.dashboard_http_port,
+            name="dashboard",
+            graceful_shutdown_seconds=2,
         )
-        runtime.http = _EmbeddedServer(config)
-        serving = asyncio.create_task(runtime.http.serve(), name="http")
         tasks.append(serving)
-        while not runtime.http.started:
-            if serving.done():
-                serving.result()
-                raise RuntimeError(f"dashboard HTTP server did not start on port {settings.dashboard_http_port}")
-            await asyncio.sleep(0.05)
         log.info("dashboard_serving", url=f"http://{settings.dashboard_http_host}:{settings.dashboard_http_port}/")
 
     async def on_shutdown() -> None:
