@@ -117,86 +117,35 @@ class DurableSpec:
 
 
 def durables(settings: KeelSettings) -> list[DurableSpec]:
-    ack_wait = settings.ack_wait_seconds
+    def durable(stream: str, name: str, *subjects: str, max_ack_pending: int = 1000) -> DurableSpec:
+        # Every durable: explicit acks, the same ack wait (long work renews it with in-progress
+        # heartbeats, so it stays short and a crashed process's messages come back quickly), and no
+        # server-side max_deliver: the consume guard dead-letters poison messages (decision 005).
+        return DurableSpec(
+            stream,
+            ConsumerConfig(
+                durable_name=name,
+                filter_subject=subjects[0] if len(subjects) == 1 else None,
+                filter_subjects=list(subjects) if len(subjects) > 1 else None,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait_seconds,
+                max_ack_pending=max_ack_pending,
+            ),
+        )
+
     return [
-        DurableSpec(
-            s.COMMANDS_STREAM,
-            ConsumerConfig(
-                durable_name=s.ROUTER_TRIGGERS_DURABLE,
-                filter_subject=s.TRIGGERS_ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
-        DurableSpec(
-            s.EVENTS_STREAM,
-            ConsumerConfig(
-                durable_name=s.ROUTER_EVENTS_DURABLE,
-                # The router reacts to what other services report (attempt outcomes, approval decisions);
-                # its own events it already knows.
-                filter_subjects=[s.emitter_filter(s.EXECUTOR), s.emitter_filter(s.APPROVAL)],
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
-        DurableSpec(
-            t.TIMERS_STREAM,
-            ConsumerConfig(
-                durable_name=t.ROUTER_TIMERS_DURABLE,
-                # Not `keel.timer.fire.>`: approval expiries share the stream and have their own durable.
-                filter_subject=t.ROUTER_TIMERS_FIRE,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
-        DurableSpec(
-            s.COMMANDS_STREAM,
-            ConsumerConfig(
-                durable_name=s.ROUTER_COMMANDS_DURABLE,
-                # Human input and cancellations for runs (`keel run input`, `keel run cancel`).
-                filter_subject=s.ROUTER_COMMANDS_ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
-        DurableSpec(
-            s.COMMANDS_STREAM,
-            ConsumerConfig(
-                durable_name=s.EXECUTOR_DURABLE,
-                filter_subject=s.EXECUTE_ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                # Long tool calls keep the message with in-progress heartbeats, so ack_wait stays short
-                # and a crashed executor's work is picked up quickly by another.
-                ack_wait=ack_wait,
-                max_ack_pending=256,
-            ),
-        ),
-        DurableSpec(
-            s.EVENTS_STREAM,
-            ConsumerConfig(
-                durable_name=s.APPROVAL_REQUESTS_DURABLE,
-                filter_subject=s.APPROVAL_REQUESTED_ALL,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
-        DurableSpec(
-            t.TIMERS_STREAM,
-            ConsumerConfig(
-                durable_name=t.APPROVAL_TIMERS_DURABLE,
-                filter_subject=t.APPROVAL_TIMERS_FIRE,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=1000,
-            ),
-        ),
+        durable(s.COMMANDS_STREAM, s.ROUTER_TRIGGERS_DURABLE, s.TRIGGERS_ALL),
+        # The router reacts to what other services report (attempt outcomes, approval decisions); its own
+        # events it already knows.
+        durable(s.EVENTS_STREAM, s.ROUTER_EVENTS_DURABLE, s.emitter_filter(s.EXECUTOR), s.emitter_filter(s.APPROVAL)),
+        # Not `keel.timer.fire.>`: approval expiries share the stream and have their own durable.
+        durable(t.TIMERS_STREAM, t.ROUTER_TIMERS_DURABLE, t.ROUTER_TIMERS_FIRE),
+        # Human input and cancellations for runs (`keel run input`, `keel run cancel`).
+        durable(s.COMMANDS_STREAM, s.ROUTER_COMMANDS_DURABLE, s.ROUTER_COMMANDS_ALL),
+        durable(s.COMMANDS_STREAM, s.EXECUTOR_DURABLE, s.EXECUTE_ALL, max_ack_pending=256),
+        durable(s.EVENTS_STREAM, s.APPROVAL_REQUESTS_DURABLE, s.APPROVAL_REQUESTED_ALL),
+        durable(t.TIMERS_STREAM, t.APPROVAL_TIMERS_DURABLE, t.APPROVAL_TIMERS_FIRE),
     ]
 
 

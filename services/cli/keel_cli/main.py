@@ -63,6 +63,19 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(1) from None
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    """The JSON object given to `option`, or a clear usage error (exit 2)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        typer.echo(f"error: {option} is not valid JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not isinstance(data, dict):
+        typer.echo(f"error: {option} must be a JSON object", err=True)
+        raise typer.Exit(2)
+    return data
+
+
 def _emit(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=2, default=str))
 
@@ -205,14 +218,7 @@ def trigger(
     nats_url: NatsUrl = DEFAULT_NATS_URL,
 ) -> None:
     """Start a run of WORKFLOW, or join the run its intent key already has."""
-    try:
-        data = json.loads(input_json)
-    except ValueError as exc:
-        typer.echo(f"error: --input is not valid JSON: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if not isinstance(data, dict):
-        typer.echo("error: --input must be a JSON object", err=True)
-        raise typer.Exit(2)
+    data = _json_object(input_json, "--input")
 
     async def go() -> Any:
         async with await KeelClient.connect(nats_url) as keel:
@@ -304,14 +310,7 @@ def run_input(
     nats_url: NatsUrl = DEFAULT_NATS_URL,
 ) -> None:
     """Give a parked run the input it waits for; invalid input is refused and the run stays parked."""
-    try:
-        data = json.loads(input_json)
-    except ValueError as exc:
-        typer.echo(f"error: --json is not valid JSON: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if not isinstance(data, dict):
-        typer.echo("error: --json must be a JSON object", err=True)
-        raise typer.Exit(2)
+    data = _json_object(input_json, "--json")
 
     async def go() -> Any:
         async with await KeelClient.connect(nats_url) as keel:
