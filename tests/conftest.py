@@ -5,11 +5,14 @@ import asyncio
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from keel_cli.client import KeelClient
 from keel_cli.stack import Stack
@@ -151,6 +154,32 @@ def sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
         yield running
     finally:
         running.stop()
+
+
+POSTGRES_HOST = "127.0.0.1:5432"
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+
+
+def postgres_schema_url(prefix: str) -> Iterator[str]:
+    """A fresh schema in the shared `test` database, first on the server's search_path; dropped after.
+    Skips (with the reason printed) when PostgreSQL is unreachable.
+
+    A schema rather than a database: CREATE DATABASE copies template1 and fails while anyone else is
+    connected to it, which other suites on the same server may well be.
+    """
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL unreachable at {POSTGRES_HOST} (user postgres, database test): {exc}".strip()
+        print(f"\nSKIP: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            yield f"postgresql+psycopg://postgres@{POSTGRES_HOST}/test?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -4,16 +4,12 @@ reading decisions back, approvers in the service's store, and a PostgreSQL schem
 from __future__ import annotations
 
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from nats.aio.client import Client
-from psycopg import sql
 from pydantic import JsonValue
 
 from keel_approval.approvers import ApproverDirectory
@@ -23,9 +19,6 @@ from keel_contracts.approvals import ApprovalRequested, ApprovalRequestedBody, A
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.envelope import Message
 from keel_shared.eventstore import EventStore
-
-POSTGRES_HOST = "127.0.0.1:5432"
-POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 
 REFUND: dict[str, JsonValue] = {"charge_id": "ch_42", "amount": 4200, "currency": "EUR"}
 
@@ -122,20 +115,3 @@ def api_get(base: str, token: str, path: str) -> httpx.Response:
 
 def api_post(base: str, token: str, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(base + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-
-
-def postgres_schema_url() -> Iterator[str]:
-    """A fresh schema in the shared `test` database, first on the search_path; dropped afterwards."""
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        reason = f"PostgreSQL unreachable at {POSTGRES_HOST} (user postgres, database test): {exc}".strip()
-        print(f"\nSKIP: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    schema = f"keel_approval_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        try:
-            yield f"postgresql+psycopg://postgres@{POSTGRES_HOST}/test?options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -15,14 +15,13 @@ import pytest
 
 from keel_contracts.approvals import ApprovalExpired, ApprovalGranted, payload_hash
 from keel_shared.natsserver import NatsServer
-from tests.conftest import StackFactory, StackHandle, eventually
+from tests.conftest import StackFactory, StackHandle, eventually, postgres_schema_url
 from tests.integration.approval_support import (
     REFUND,
     add_approvers,
     api_get,
     api_post,
     decisions,
-    postgres_schema_url,
     publish_request,
     refund_request,
 )
@@ -36,7 +35,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | 
     if request.param == "sqlite":
         yield None
     else:
-        yield from postgres_schema_url()
+        yield from postgres_schema_url("keel_approval")
 
 
 async def start(keel_stack: StackFactory, store_url: str | None) -> tuple[StackHandle, str, str]:
