@@ -10,6 +10,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from keel_shared.databases import normalize_db_url
 from keel_shared.settings import KeelSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -20,16 +21,8 @@ PG_MIGRATION_LOCK = 0x6B65656C_61707072
 
 def database_url(settings: KeelSettings) -> URL:
     if settings.approval_db_url:
-        return normalize_url(settings.approval_db_url)
+        return normalize_db_url(settings.approval_db_url)
     return make_url(f"sqlite:///{(settings.data_dir / 'approvals.db').resolve()}")
-
-
-def normalize_url(url: str | URL) -> URL:
-    """Map `postgresql://` to the psycopg 3 driver, the only PostgreSQL driver Keel installs."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -57,7 +50,7 @@ def _sqlite_engine(url: URL) -> Engine:
 
 class Database:
     def __init__(self, url: str | URL) -> None:
-        self.url = normalize_url(url)
+        self.url = normalize_db_url(url)
         if self.url.get_backend_name() == "sqlite":
             self.engine = _sqlite_engine(self.url)
         else:

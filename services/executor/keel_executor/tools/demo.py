@@ -12,12 +12,13 @@ from pathlib import Path
 
 from pydantic import JsonValue
 from sqlalchemy import DateTime, Engine, Integer, String, create_engine, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from keel_contracts.errors import ErrorClass
 from keel_executor.errors import ToolError, TransientError
 from keel_executor.tools.registry import ToolContext
+from keel_shared.databases import create_tables, normalize_db_url
 
 
 async def echo(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -79,13 +80,8 @@ def ledger_url(data_dir: str) -> str:
 
 @cache
 def ledger_engine(url: str) -> Engine:
-    engine = create_engine(url)
-    try:
-        _Base.metadata.create_all(engine)
-    except (OperationalError, ProgrammingError):
-        # Several executors starting on a fresh database race to create the tables: the loser sees
-        # "already exists". A second pass finds them (and still fails loudly on any other problem).
-        _Base.metadata.create_all(engine)
+    engine = create_engine(normalize_db_url(url))
+    create_tables(_Base.metadata, engine)
     return engine
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import re
@@ -64,6 +63,7 @@ from keel_executor.errors import (
     UnknownOutcomeError,
 )
 from keel_executor.tools.registry import ToolContext
+from keel_shared.databases import create_tables, normalize_db_url
 
 LEDGER_TABLE = "keel_sql_writes"
 DEFAULT_MAX_ROWS = 1000
@@ -97,10 +97,8 @@ def connection_url(name: str) -> str:
 
 @cache
 def engine_for(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
-    # Another executor may create it between our check and our create; anything else shows up on use.
-    with contextlib.suppress(SQLAlchemyError):
-        _ledger_metadata.create_all(engine, checkfirst=True)
+    engine = create_engine(normalize_db_url(url), pool_pre_ping=True)
+    create_tables(_ledger_metadata, engine)
     return engine
 
 
