@@ -10,12 +10,13 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test check lint typecheck fmt unit integration e2e bench schemas clean
+.PHONY: help install run test check lint typecheck fmt unit integration e2e chaos bench schemas clean
 
 help:
 	@echo "make run    - install, start Keel on this machine (nats-server + services) and run the demo"
 	@echo "make test   - install, then lint, type-check and run every test"
 	@echo "make bench  - measure Keel against the raw JetStream floor of the same server (prints ratios)"
+	@echo "make chaos  - 1,000 runs while services and nats-server are killed at random; checks and prints counts"
 	@echo "make fmt | lint | typecheck | unit | integration | e2e | schemas | clean"
 
 $(UV):
@@ -52,6 +53,13 @@ integration: install
 
 e2e: install
 	$(BIN)/pytest -q tests/e2e
+
+# 1,000 runs of the example workflows under fault injection while a monkey kills services and restarts
+# nats-server (docs/chaos.md). The reduced version (60 runs) is part of `make test`. CHAOS_RUNS=200 is
+# quicker; KEEL_CHAOS_SEED=N replays the workload, faults and strikes of an earlier run.
+CHAOS_RUNS ?= 1000
+chaos: install
+	KEEL_CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/pytest -q -s -m chaos tests/chaos
 
 # A benchmark, not a test: prints figures and ratios, writes bench/results/*.json. SCALE=0.3 is quicker.
 SCALE ?= 1

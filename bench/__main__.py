@@ -23,6 +23,7 @@ TARGETS: list[tuple[str, Check]] = [
     ("W throughput >= 50% of the raw pipeline", lambda r: r["ratios"]["w_throughput_vs_floor"] >= 0.5),
     ("W p50 latency < 10 ms", lambda r: r["keel"]["w_latency"]["p50_ms"] < 10),
     ("W-io 1 -> 2 executors scales >= 1.8x", lambda r: r["ratios"]["wio_scaling_1_to_2"] >= 1.8),
+    ("audit verification >= 50,000 records/s", lambda r: r["keel"]["audit"]["verify"]["records_per_s"] >= 50_000),
     ("every idle service < 100 MB RSS", lambda r: max(r["keel"]["idle_rss_mb"].values()) < 100),
 ]
 
@@ -45,7 +46,29 @@ def report(result: dict[str, Any]) -> str:
     ]
     one_executor = k["wio_runs_per_s"]["1"]
     for n, rate in k["wio_runs_per_s"].items():
-        rows.append((f"Keel W-io, {n} executor(s)", f"{rate:.1f} runs/s", f"{rate / one_executor:.2f}x of 1"))
+        rows.append(
+            (
+                f"Keel W-io, {n} executor(s) x {k['wio_executor_concurrency']} calls",
+                f"{rate:.1f} runs/s",
+                f"{rate / one_executor:.2f}x of 1",
+            )
+        )
+    audit = k["audit"]
+    rows.append(
+        (
+            "audit lag at W peak (events not yet sealed)",
+            f"{audit['peak_lag_events']:.0f} events",
+            f"caught up {audit['catch_up_s']:.1f} s after",
+        )
+    )
+    verify = audit["verify"]
+    rows.append(
+        (
+            "audit verify (every record, root, link, signature)",
+            f"{verify['records_per_s']:.0f} records/s",
+            f"{verify['records']} records, {verify['segments']} segments",
+        )
+    )
     for label, mb in k["idle_rss_mb"].items():
         rows.append((f"idle RSS {label}", f"{mb:.0f} MB", ""))
     width = max(len(a) for a, _, _ in rows)

@@ -83,10 +83,50 @@ class StackHandle:
 StackFactory = Callable[..., Awaitable[StackHandle]]
 
 
+async def start_stack(
+    root: Path,
+    data_dir: Path,
+    nats_url: str,
+    executors: int = 1,
+    env: dict[str, str] | None = None,
+    services: Collection[str] = CORE_SERVICES,
+    **settings: Any,
+) -> StackHandle:
+    """Start Keel services against `nats_url`, with the test workflows (copied under `root`) and their data
+    in `data_dir`. Short ack wait and heartbeats make a crashed executor's command come back within seconds."""
+    ledger_url = f"sqlite:///{data_dir / 'ledger.db'}"
+    provisioning = KeelSettings(**{"ack_wait_seconds": 3, **settings})
+    extra_env = {
+        "KEEL_DEMO_LEDGER_URL": ledger_url,
+        "KEEL_HEARTBEAT_SECONDS": "0.5",
+        "KEEL_ACK_WAIT_SECONDS": str(provisioning.ack_wait_seconds),
+        "KEEL_LOG_LEVEL": "INFO",
+        **(env or {}),
+    }
+    stack = Stack(
+        data_dir,
+        nats_port=0,
+        http_port=0,
+        nats_url=nats_url,
+        executors=executors,
+        workflows_dir=stack_workflows(root),
+        extra_env=extra_env,
+        settings=provisioning,
+        services=services,
+    )
+    await stack.start()
+    handle = StackHandle(stack, ledger_url, data_dir)
+    try:
+        await handle.wait_healthy()
+    except BaseException:
+        await asyncio.to_thread(stack.stop, 10)
+        raise
+    return handle
+
+
 @pytest.fixture
 async def keel_stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[StackFactory]:
-    """Start router + executor(s) against the test server. Short ack wait and heartbeats make a
-    crashed executor's command come back within seconds."""
+    """Start router + executor(s) against the test server (see `start_stack`)."""
     stacks: list[StackHandle] = []
 
     async def start(
@@ -95,31 +135,10 @@ async def keel_stack(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[S
         services: Collection[str] = CORE_SERVICES,
         **settings: Any,
     ) -> StackHandle:
-        data_dir = tmp_path / f"stack{len(stacks)}"
-        ledger_url = f"sqlite:///{data_dir / 'ledger.db'}"
-        provisioning = KeelSettings(**{"ack_wait_seconds": 3, **settings})
-        extra_env = {
-            "KEEL_DEMO_LEDGER_URL": ledger_url,
-            "KEEL_HEARTBEAT_SECONDS": "0.5",
-            "KEEL_ACK_WAIT_SECONDS": str(provisioning.ack_wait_seconds),
-            "KEEL_LOG_LEVEL": "INFO",
-            **(env or {}),
-        }
-        stack = Stack(
-            data_dir,
-            nats_port=0,
-            http_port=0,
-            nats_url=nats_server.url,
-            executors=executors,
-            workflows_dir=stack_workflows(tmp_path),
-            extra_env=extra_env,
-            settings=provisioning,
-            services=services,
+        handle = await start_stack(
+            tmp_path, tmp_path / f"stack{len(stacks)}", nats_server.url, executors, env, services, **settings
         )
-        await stack.start()
-        handle = StackHandle(stack, ledger_url, data_dir)
         stacks.append(handle)
-        await handle.wait_healthy()
         return handle
 
     try:

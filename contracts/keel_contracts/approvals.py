@@ -15,12 +15,25 @@ from pydantic import AwareDatetime, Field, JsonValue
 
 from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 
+#: Largest payload (canonical JSON bytes) one approval request may carry unless KEEL_MAX_APPROVAL_PAYLOAD_BYTES
+#: says otherwise: a person has to read what they approve, and the request, with its evidence, has to fit
+#: one message.
+DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES = 64 * 1024
+
+
+def _canonical(payload: JsonValue) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
 
 def payload_hash(payload: JsonValue) -> str:
     """SHA-256 of the canonical JSON of a payload (sorted keys, no whitespace, UTF-8): what an
     approval binds to. Every service computes it with this function."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(_canonical(payload)).hexdigest()
+
+
+def approval_payload_bytes(payload: JsonValue) -> int:
+    """The size the approval payload limit is measured in: the bytes its hash is computed over."""
+    return len(_canonical(payload))
 
 
 class ApprovalTarget(Body):

@@ -3,11 +3,13 @@
 import json
 from typing import Any, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from keel_contracts.events import EVENT_TYPES, RunEvent
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -44,9 +46,31 @@ def decode(model: type[M], data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYT
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise ContractViolation("malformed_json", _describe(exc)) from exc
-        raise ContractViolation("invalid", _describe(exc)) from exc
+        raise _violation(exc) from exc
+
+
+def decode_with(adapter: TypeAdapter[T], data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> T:
+    """`decode` for a type that is not one model (a discriminated union of commands, say)."""
+    _check_size(data, max_bytes)
+    try:
+        return adapter.validate_json(data)
+    except ValidationError as exc:
+        raise _violation(exc) from exc
+
+
+def _violation(exc: ValidationError) -> ContractViolation:
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        return ContractViolation("malformed_json", _describe(exc))
+    return ContractViolation("invalid", _describe(exc))
+
+
+def parse_json(data: bytes) -> Any:
+    """A message body as JSON, parsed the way `decode` parses it (no lone surrogates, no NaN, bounded
+    nesting and numbers), for a reader that validates the document itself."""
+    try:
+        return pydantic_core.from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        raise ContractViolation("malformed_json", f"not valid JSON: {exc}") from None
 
 
 def decode_event(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> RunEvent:

@@ -12,7 +12,7 @@ from base64 import b32encode
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from keel_contracts.subjects import token
 
@@ -62,6 +62,16 @@ class Message(BaseModel):
     tenant: Token = "default"
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
     dedupe_key: KeyText
+
+    @field_validator("version")
+    @classmethod
+    def _readable_version(cls, version: int) -> int:
+        # Additive changes keep a type's version; a higher one comes from a writer whose change this
+        # reader cannot know, so it is refused rather than read as if it were the version known here.
+        known = cls.model_fields["version"].default
+        if version > known:
+            raise ValueError(f"this Keel reads this message type up to version {known}, not {version}")
+        return version
 
 
 class Body(BaseModel):

@@ -81,6 +81,11 @@ def emitter_filter(emitter: str) -> str:
     return f"keel.run.*.*.{emitter}.*"
 
 
+def event_type_filter(emitter: str, event_type: str) -> str:
+    """One type of event, of every run (e.g. every `run_started`)."""
+    return f"keel.run.*.*.{emitter}.{event_type}"
+
+
 def live_subject(event_subject_: str) -> str:
     return f"{LIVE_PREFIX}.{event_subject_.removeprefix('keel.')}"
 

@@ -66,4 +66,6 @@ async def connect(settings: KeelSettings, service: str, *, retry_initial: bool =
 def make_broker(settings: KeelSettings, service: str, graceful_timeout: float = 30.0) -> NatsBroker:
     opts = connect_options(settings, service)
     servers = opts.pop("servers")
-    return NatsBroker(servers, graceful_timeout=graceful_timeout, logger=None, **opts)
+    # No dependency injection: every subscriber decodes its typed argument itself (ServiceRuntime's
+    # `decode`), which costs a fraction of FastStream's per-message argument resolution.
+    return NatsBroker(servers, graceful_timeout=graceful_timeout, logger=None, apply_types=False, **opts)

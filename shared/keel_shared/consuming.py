@@ -19,6 +19,7 @@ deliveries here dead-letters every poison message, whatever happened to the prev
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from faststream import BaseMiddleware
@@ -34,6 +35,21 @@ from keel_shared.metrics import HANDLER_SECONDS, MESSAGES_HANDLED
 from keel_shared.settings import KeelSettings
 
 log = get_logger(__name__)
+
+
+_CURRENT: ContextVar[NatsMessage] = ContextVar("keel_current_message")
+
+
+def current_message() -> NatsMessage:
+    """The message the running handler was given. Handlers ask for it here rather than as a
+    `NatsMessage` parameter: FastStream resolves such a parameter through its dependency injection,
+    which hops to a worker thread for every message."""
+    return _CURRENT.get()
+
+
+def redelivered() -> bool:
+    """Whether the running handler's message has been delivered before."""
+    return (_CURRENT.get().raw_message.metadata.num_delivered or 1) > 1
 
 
 class Redeliver(Exception):
@@ -97,6 +113,7 @@ def guard_middleware(
                 await msg.reject()
                 MESSAGES_HANDLED.labels(service, consumer, "dead_letter").inc()
 
+            token = _CURRENT.set(msg)
             with bound_context(subject=raw.subject, delivery=delivered):
                 try:
                     if len(raw.data) > max_bytes:
@@ -132,6 +149,7 @@ def guard_middleware(
                     return result
                 finally:
                     HANDLER_SECONDS.labels(service, consumer).observe(time.perf_counter() - started)
+                    _CURRENT.reset(token)
 
     return Guard
 

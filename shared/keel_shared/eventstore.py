@@ -7,13 +7,16 @@ batch: all stored or none.
 """
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
@@ -66,6 +69,7 @@ class EventStore:
         self._emitter = emitter
         self._timeout = timeout
         self._budget = budget
+        self._replies: _DirectReplies | None = None
 
     def subject_of(self, message: Message) -> str:
         return s.event_subject(message.workflow, message.run_id, self._emitter, message.type)
@@ -178,16 +182,16 @@ class EventStore:
             start = chunk[-1].seq + 1
 
     async def _direct_batch(self, subject_filter: str, start_seq: int, batch: int) -> list[StoredEvent]:
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        try:
-            request = {"next_by_subj": subject_filter, "seq": start_seq, "batch": batch}
+        if self._replies is None:
+            self._replies = _DirectReplies(self._nc)
+        request = {"next_by_subj": subject_filter, "seq": start_seq, "batch": batch}
+        async with self._replies.expect() as (inbox, replies):
             await self._nc.publish(f"$JS.API.DIRECT.GET.{s.EVENTS_STREAM}", json.dumps(request).encode(), reply=inbox)
             out: list[StoredEvent] = []
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=self._timeout)
-                except NatsTimeoutError as exc:
+                    msg = await asyncio.wait_for(replies.get(), self._timeout)
+                except TimeoutError as exc:
                     raise NatsTimeoutError(f"direct get of {subject_filter} timed out") from exc
                 headers = msg.headers or {}
                 if headers.get("Status"):  # 204: end of batch, 404: nothing (more) to read
@@ -205,8 +209,43 @@ class EventStore:
                 )
                 if len(out) >= batch:
                     return out
+
+
+class _DirectReplies:
+    """One wildcard subscription for the replies of every batched direct get of this connection.
+
+    A subscription per read costs a SUB and an UNSUB, and every subscription change makes the server
+    drop its subject-match cache, which every other publish then pays for. Replies are routed to the
+    read that asked by the last token of their reply subject.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Subscription | None = None
+        self._subscribing = asyncio.Lock()
+        self._counter = 0
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self._waiting.get(msg.subject.rpartition(".")[2])
+        if queue is not None:  # else a late reply of a read that gave up
+            queue.put_nowait(msg)
+
+    @contextlib.asynccontextmanager
+    async def expect(self) -> AsyncIterator[tuple[str, asyncio.Queue[Msg]]]:
+        if self._sub is None:
+            async with self._subscribing:
+                if self._sub is None:
+                    self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+        self._counter += 1
+        token = str(self._counter)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiting[token] = queue
+        try:
+            yield f"{self._prefix}.{token}", queue
         finally:
-            await sub.unsubscribe()
+            del self._waiting[token]
 
 
 def _parse_time(stamp: str) -> datetime | None:

@@ -11,7 +11,7 @@ so a restart from `last + 1` is exact, and anything at or below `last` is droppe
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -41,14 +41,14 @@ class Delivered:
 async def follow(
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    subject: str | Sequence[str],
     *,
     after: int | None = None,
     start: StartAt = StartAt.ALL,
     idle: float = 5.0,
     retry: float = 0.5,
 ) -> AsyncGenerator[Delivered | None, None]:
-    """Yield what `stream` stores on `subject`, in order, then follow it live.
+    """Yield what `stream` stores on `subject` (one filter, or several), in order, then follow it live.
 
     `after` resumes after that stream sequence (it wins over `start`). `None` is yielded whenever nothing
     arrived for `idle` seconds, so a caller can send keep-alives or note that it has caught up.
@@ -57,10 +57,12 @@ async def follow(
     if last is None and start is StartAt.NEW:
         # Pin "new" to a sequence now, so that a restart before the first message cannot skip any.
         last = await _retrying(lambda: _last_seq(js, stream), retry)
+    filters = [subject] if isinstance(subject, str) else list(subject)
     while True:
-        subscribe = functools.partial(
-            js.subscribe, subject, stream=stream, ordered_consumer=True, config=_config(last, start)
-        )
+        config = _config(last, start)
+        if len(filters) > 1:
+            config.filter_subjects = filters
+        subscribe = functools.partial(js.subscribe, filters[0], stream=stream, ordered_consumer=True, config=config)
         sub = await _retrying(subscribe, retry)
         try:
             while True:

@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -42,3 +45,41 @@ async def start_embedded(
             raise RuntimeError(f"{name} HTTP server did not start on {host}:{port}")
         await asyncio.sleep(0.05)
     return server, task
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over the limit; an app's handler for HTTPException 413 words the response."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimit:
+    """ASGI middleware: reading a request body larger than `max_bytes` raises `BodyTooLarge` (413) as soon
+    as that is known, from Content-Length or while the body streams in, so it is never read whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        over = declared.isdigit() and int(declared) > self.max_bytes
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if over:
+                raise BodyTooLarge(self.max_bytes)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)

@@ -6,6 +6,7 @@ Label values are bounded sets (service, tool, error class, state, workflow): nev
 import json
 import threading
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -38,8 +39,18 @@ HealthCheck = Callable[[], dict[str, Any]]
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A connection that sends nothing (or half a request) for this long is closed, freeing its thread.
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection: a client that connects and stalls holds up only itself, never the
+    health checks behind it (the plain WSGIServer serves one connection at a time)."""
+
+    daemon_threads = True
 
 
 class MetricsServer:
@@ -48,7 +59,9 @@ class MetricsServer:
     def __init__(self, host: str, port: int, health: HealthCheck) -> None:
         self._metrics_app = make_wsgi_app()
         self._health = health
-        self._server: WSGIServer = make_server(host, port, self._app, handler_class=_QuietHandler)
+        self._server: WSGIServer = make_server(
+            host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

@@ -8,13 +8,25 @@ duplicate ack instead of a second copy.
 import asyncio
 import time
 
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 from pydantic import BaseModel
 
 from keel_contracts.codec import encode
+
+#: JetStream's error code for a message larger than the stream's max_msg_size (KEEL_MAX_MESSAGE_BYTES).
+MESSAGE_TOO_LARGE = 10054
+
+
+def refused_as_too_large(exc: BaseException) -> bool:
+    """Whether a publish failed because the message is too large to store: retrying can never help."""
+    if isinstance(exc, BadRequestError):
+        return exc.err_code == MESSAGE_TOO_LARGE
+    return isinstance(exc, MaxPayloadError)  # over the server's max_payload: refused before it was sent
+
 
 RETRYABLE_PUBLISH_ERRORS = (
     NatsTimeoutError,

@@ -177,11 +177,23 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
                 *_durable(s.EVENTS_STREAM, s.ROUTER_EVENTS_DURABLE),
                 *_durable(t.TIMERS_STREAM, t.ROUTER_TIMERS_DURABLE),
                 *_read_events(),
+                # It counts runs in flight from their start and end events (keel_router.admission).
+                *_ordered_events_reader(),
                 *_kv_write(s.RUNS_BUCKET),
                 # A cancelled run's queued execute commands are purged (filtered by the run's subject).
                 f"{JS_API}.STREAM.PURGE.{s.COMMANDS_STREAM}",
             ),
-            publish_deny=(*_other_emitters(s.ROUTER), *_stream_admin()[:3], f"{JS_API}.CONSUMER.DURABLE.CREATE.>"),
+            publish_deny=(
+                *_other_emitters(s.ROUTER),
+                *_stream_admin()[:3],
+                f"{JS_API}.CONSUMER.DURABLE.CREATE.>",
+                *_durables_of_others(s.EVENTS_STREAM, (s.APPROVAL_REQUESTS_DURABLE,)),
+                # Ordered consumers may be created, but its provisioned durable stays as `keel init` made it.
+                *(
+                    f"{JS_API}.CONSUMER.{op}.{s.EVENTS_STREAM}.{s.ROUTER_EVENTS_DURABLE}{tail}"
+                    for op, tail in (("CREATE", ""), ("CREATE", ".>"), ("DELETE", ""))
+                ),
+            ),
             subscribe_allow=(_inbox(s.ROUTER),),
         ),
         s.EXECUTOR: Permissions(

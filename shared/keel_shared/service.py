@@ -74,21 +74,47 @@ class ServiceRuntime:
 
     # --- subscribers ---------------------------------------------------------------------------
     def pull_subscriber(
-        self, subject: str, *, stream: str, durable: str, batch_size: int, description: str
+        self,
+        subject: str,
+        *,
+        stream: str,
+        durable: str,
+        concurrency: int,
+        description: str,
+        decode: Callable[[bytes], Any],
     ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-        """A subscriber bound to a durable consumer that `keel init` provisioned; never creates one."""
+        """A subscriber bound to a durable consumer that `keel init` provisioned; never creates one.
+
+        Up to `concurrency` messages are handled at once, each as soon as it arrives: a worker pool, not
+        fetch-a-batch-and-wait-for-all, so one slow message never holds up the ones fetched with it.
+        `decode` turns the body into the handler's one typed argument, raising `ContractViolation` with a
+        reason (dead-lettered by the guard); the handler's annotation documents the payload (AsyncAPI).
+        Every subscriber has one: the broker does no argument validation of its own (`make_broker`).
+        """
         from faststream.middlewares import AckPolicy
 
         self.consumer_lag.add(stream, durable)
+
+        # Async on purpose: FastStream runs a plain-function decoder in a worker thread. Decoding here
+        # rather than in FastStream also means a body that is not JSON (too deep, a huge number) is
+        # refused with a reason instead of failing inside the handler like a transient fault.
+        async def decoder(msg: Any) -> Any:
+            return decode(msg.body)
+
         return self.broker.subscriber(
             subject,
             stream=JStream(stream, declare=False),
             durable=durable,
             config=ConsumerConfig(durable_name=durable),
-            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+            max_workers=concurrency,
             inbox_prefix=f"{inbox_prefix(self.name)}.".encode(),
             ack_policy=AckPolicy.MANUAL,
             description=description,
+            decoder=decoder,
+            # Keel answers nothing directly (answers are events); FastStream would otherwise publish each
+            # handler's return value to whatever subject a `reply_to` header names.
+            no_reply=True,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keel_contracts.approvals import DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES
+
 #: The embedded default (`keel up`) listens here; chosen away from 4222 so it never collides with a
 #: system nats-server.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4244"
@@ -56,6 +58,9 @@ class KeelSettings(BaseSettings):
 
     # Router
     router_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Runs of one tenant not yet done, failed or cancelled (parked and blocked runs count); a trigger that
+    # would start another is refused (`too_many_runs`). 0: no limit. See docs/limits.md.
+    max_runs_in_flight: int = Field(default=10_000, ge=0)
     # The policy file (approval classes, caps); unset means the built-in default policy.
     policy_file: Path | None = None
 
@@ -77,6 +82,9 @@ class KeelSettings(BaseSettings):
     # Mark the inbox's session cookie Secure: set it whenever the inbox is served over HTTPS.
     approval_cookie_secure: bool = False
     approval_session_hours: float = Field(default=8, gt=0, le=24 * 30)
+    # Largest payload one approval request may carry (canonical JSON bytes). The router blocks a run
+    # before asking for more; the approval service denies a larger request it is given.
+    max_approval_payload_bytes: int = Field(default=DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES, ge=1)
 
     # Audit service (docs/audit.md)
     # Segments, keyring and erasable payloads; unset means <data_dir>/audit.

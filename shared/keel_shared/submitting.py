@@ -2,7 +2,8 @@
 
 The router answers nothing directly: what a trigger, human input or a cancel led to is an event in the
 run's stream (caused by the message), or a dead letter naming the message when it was refused. Both are
-watched before the message is published, so neither can be missed.
+watched before the message is published, so neither can be missed. A message the server refuses to store
+(larger than the stream's limit) is refused here too, with the same reason a consumer would give.
 """
 
 import asyncio
@@ -12,14 +13,16 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode, decode_event
+from keel_contracts.codec import ContractViolation, decode, decode_event, encode
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message
-from keel_shared.publishing import publish_message
+from keel_shared.publishing import publish_message, refused_as_too_large
 
 T = TypeVar("T")
 
@@ -29,11 +32,18 @@ AnswerFn = Callable[[str, Message | None], T | None]
 
 
 class Refused(Exception):
-    """The consuming service dead-lettered the message, with its reason."""
+    """The message was refused, with a reason code and a detail: dead-lettered by the consuming service
+    (`letter` is its dead letter), or not even stored (`letter` is None)."""
 
-    def __init__(self, letter: DeadLetter) -> None:
-        super().__init__(f"{letter.reason}: {letter.detail}")
+    def __init__(self, reason: str, detail: str, letter: DeadLetter | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
         self.letter = letter
+
+    @classmethod
+    def dead_lettered(cls, letter: DeadLetter) -> "Refused":
+        return cls(letter.reason, letter.detail, letter)
 
 
 async def submit_and_await(
@@ -49,7 +59,8 @@ async def submit_and_await(
     publish_timeout: float = 5.0,
 ) -> T:
     """Publish `message` (deduplicated by its dedupe key) and return what `answer` finds in the run's events.
-    Raises `Refused` when the message was dead-lettered and `TimeoutError` when nothing answered in time."""
+    Raises `Refused` when the message was dead-lettered or too large to store, and `TimeoutError` when
+    nothing answered in time."""
     loop = asyncio.get_running_loop()
     refused: asyncio.Future[DeadLetter] = loop.create_future()
 
@@ -70,13 +81,13 @@ async def submit_and_await(
     )
     pending: asyncio.Future[Any] | None = None
     try:
-        await publish_message(js, subject, message, message.dedupe_key, timeout=publish_timeout)
+        await _publish(js, subject, message, publish_timeout)
         async with asyncio.timeout(timeout):
             while True:
                 pending = asyncio.ensure_future(events.next_msg(timeout=None))
                 done, _ = await asyncio.wait({pending, refused}, return_when=asyncio.FIRST_COMPLETED)
                 if refused in done:
-                    raise Refused(refused.result())
+                    raise Refused.dead_lettered(refused.result())
                 msg = pending.result()
                 pending = None
                 try:
@@ -93,3 +104,16 @@ async def submit_and_await(
                 await pending
         await dlq.unsubscribe()
         await events.unsubscribe()
+
+
+async def _publish(js: JetStreamContext, subject: str, message: Message, timeout: float) -> None:
+    try:
+        await publish_message(js, subject, message, message.dedupe_key, timeout=timeout)
+    except NatsError as exc:
+        if not refused_as_too_large(exc):
+            raise
+        size = len(encode(message))
+        server = exc.description if isinstance(exc, BadRequestError) else "larger than the server's max_payload"
+        raise Refused(
+            "too_large", f"the {message.type} is {size} bytes and the server refused to store it ({server})"
+        ) from None

@@ -12,6 +12,7 @@ from keel_contracts import subjects as s
 from keel_contracts.commands import TriggerRun, TriggerRunBody
 from keel_contracts.envelope import Message, new_id, run_id_for
 from keel_contracts.events import FINAL_STATUS_OF_EVENT, RunStarted, TriggerJoined
+from keel_contracts.runs import RunStatus
 from keel_shared.submitting import submit_and_await
 
 
@@ -57,10 +58,11 @@ class TriggerOutcome:
 async def submit_trigger(
     nc: Client, js: JetStreamContext, trig: TriggerRun, *, wait: bool = False, timeout: float = 30.0
 ) -> TriggerOutcome:
-    """Publish a trigger and wait for the router to start or join its run (with `wait`, for the run to end).
+    """Publish a trigger and wait for the router to start or join its run (with `wait`, for the run to end,
+    or to be blocked by a cap or limit: nothing moves a blocked run on by itself).
 
-    Raises `submitting.Refused` when the router dead-lettered it (invalid input, unknown workflow) and
-    `TimeoutError` when no answer came in time.
+    Raises `submitting.Refused` when the trigger started no run (invalid input, unknown workflow, too
+    large, too many runs in flight) and `TimeoutError` when no answer came in time.
     """
     joined: bool | None = None
     final: tuple[str, Any] | None = None  # the run may have finished before this trigger joined it
@@ -69,6 +71,8 @@ async def submit_trigger(
         nonlocal joined, final
         if event_type in FINAL_STATUS_OF_EVENT:
             final = (FINAL_STATUS_OF_EVENT[event_type], getattr(event, "body", None))
+        elif event_type == "run_blocked":
+            final = (str(RunStatus.BLOCKED), getattr(event, "body", None))
         if joined is None and isinstance(event, RunStarted | TriggerJoined) and event.causation_id == trig.id:
             joined = isinstance(event, TriggerJoined)
         if joined is None:

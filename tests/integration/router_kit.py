@@ -1,8 +1,11 @@
-"""Helpers for the router's integration tests: read a run's state and timeline, and publish what other
-services would (an approval decision) straight onto the run's subjects."""
+"""Helpers for the router's integration tests: read a run's state and timeline, publish what other
+services would (an approval decision) straight onto the run's subjects, and run the `keel` command."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from asyncio.subprocess import PIPE
 from typing import Any
 
 import nats
@@ -87,3 +90,12 @@ async def decide_approval(
         await nc.jetstream().publish(subject, encode(event), headers={"Nats-Msg-Id": event.dedupe_key})
     finally:
         await nc.close()
+
+
+async def keel_cli(*args: str, url: str) -> tuple[int, str, str]:
+    """Run `keel ARGS --nats-url URL` as a process: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keel_cli.main", *args, "--nats-url", url, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()

@@ -1,16 +1,12 @@
 """Deciders and human input on a real nats-server: an undeclared, incomplete or unsure decision lands in
 needs_human with no write attempted; a person's input is validated before the run continues."""
 
-import asyncio
-import sys
-from asyncio.subprocess import PIPE
-
 import pytest
 
 from keel_cli.client import KeelError
 from keel_executor.tools.demo import ledger_counts
 from tests.conftest import StackFactory
-from tests.integration.router_kit import events_of, reaches, types
+from tests.integration.router_kit import events_of, keel_cli, reaches, types
 
 pytestmark = pytest.mark.integration
 
@@ -102,14 +98,6 @@ async def test_input_for_a_run_that_is_not_waiting_for_it_is_refused(keel_stack:
         answer = await keel.trigger("demo", {}, "not-parked", wait=True)
         refused = await keel.human_input(answer.run_id, {"x": 1}, submitted_by="ops")
     assert not refused.accepted and "not waiting for human input" in refused.problems[0]
-
-
-async def keel_cli(*args: str, url: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "keel_cli.main", *args, "--nats-url", url, stdout=PIPE, stderr=PIPE
-    )
-    out, err = await proc.communicate()
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_keel_run_input_and_cancel_from_the_command_line(keel_stack: StackFactory) -> None:

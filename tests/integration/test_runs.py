@@ -40,8 +40,9 @@ async def test_a_three_step_run_completes_and_its_timeline_is_the_event_stream(k
             "run_completed",
         ]
         assert [e.event.step_id for e in timeline if e.type == "step_succeeded"] == ["receive", "draft", "post"]
-        view = await eventually(lambda: keel.run(answer.run_id))
-        assert view.status == "done" and view.steps_done == 3 and view.attempts == 3
+        await eventually(lambda: _status_is(keel, answer.run_id, "done"))
+        view = await keel.run(answer.run_id)
+        assert view is not None and view.steps_done == 3 and view.attempts == 3
     assert ledger_counts(stack.ledger_url, answer.run_id) == {"invocations": 1, "effects": 1}
 
 

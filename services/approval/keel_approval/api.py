@@ -29,7 +29,8 @@ DECISION_ERRORS: dict[int | str, dict[str, object]] = {
         "model": ErrorOut,
         "description": "Already decided, already voted, expired, superseded, or the payload hash does not match",
     },
-    422: {"model": ErrorOut, "description": "Invalid decision (a denial without a reason)"},
+    413: {"model": ErrorOut, "description": "The request body is over 32 KiB (error `too_large`)"},
+    422: {"model": ErrorOut, "description": "Invalid decision (a denial without a reason, a reason too long)"},
 }
 
 router = APIRouter(prefix="/api/v1", tags=["approvals"])

@@ -6,8 +6,6 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
-from faststream.nats import NatsMessage
-
 from keel_approval.approvers import ApproverDirectory
 from keel_approval.db import Database, database_url
 from keel_approval.records import ApprovalRecord
@@ -19,8 +17,9 @@ from keel_approval.webapp import create_app
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
 from keel_contracts.approvals import ApprovalRequested
+from keel_contracts.codec import decode
 from keel_contracts.envelope import Message
-from keel_shared.consuming import Redeliver
+from keel_shared.consuming import Redeliver, current_message
 from keel_shared.eventstore import EventStore
 from keel_shared.http import EmbeddedServer, start_embedded
 from keel_shared.logging import bound_context, get_logger
@@ -77,7 +76,7 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
             runtime.js, subject, data, headers, timeout=settings.publish_timeout, budget=settings.publish_retry_budget
         )
 
-    service = ApprovalService(store, directory, publish, schedule, clock)
+    service = ApprovalService(store, directory, publish, schedule, clock, settings.max_approval_payload_bytes)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
@@ -85,11 +84,12 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
         s.APPROVAL_REQUESTED_ALL,
         stream=s.EVENTS_STREAM,
         durable=s.APPROVAL_REQUESTS_DURABLE,
-        batch_size=32,
+        concurrency=32,
         description="A run asks for approval: record it, show it to approvers, schedule its expiry",
+        decode=lambda data: decode(ApprovalRequested, data, settings.max_message_bytes),
     )
-    async def on_request(event: ApprovalRequested, msg: NatsMessage) -> None:
-        meta = msg.raw_message.metadata
+    async def on_request(event: ApprovalRequested) -> None:
+        meta = current_message().raw_message.metadata
         seq = meta.sequence.stream if meta.sequence else 0
         with bound_context(run_id=event.run_id, approval_id=event.body.approval_id):
             await service.on_requested(event, seq)
@@ -98,10 +98,11 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
         t.APPROVAL_TIMERS_FIRE,
         stream=t.TIMERS_STREAM,
         durable=t.APPROVAL_TIMERS_DURABLE,
-        batch_size=32,
+        concurrency=32,
         description="An approval's expiry is due: expire it (and escalate) unless it was decided",
+        decode=lambda data: decode(ApprovalExpiryDue, data, settings.max_message_bytes),
     )
-    async def on_expiry(timer: ApprovalExpiryDue, msg: NatsMessage) -> None:
+    async def on_expiry(timer: ApprovalExpiryDue) -> None:
         with bound_context(run_id=timer.run_id, approval_id=timer.body.approval_id):
             try:
                 await service.expire(timer.body.approval_id)
@@ -109,7 +110,7 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
                 raise Redeliver(max(exc.remaining, 0.0) + 0.05, "expiry timer fired before the expiry") from exc
 
     async def on_startup() -> None:
-        await asyncio.to_thread(db.migrate)
+        await db.migrate_in_child()
         log.info("approval_store_ready", db=db.describe())
 
     async def after_startup() -> None:

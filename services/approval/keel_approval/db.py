@@ -1,12 +1,11 @@
 """The approval store's database: SQLite by default, PostgreSQL by URL, schema by Alembic migrations."""
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +66,11 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; harmless when it is already there."""
+        # Alembic is imported only where it is used: the service migrates in a child process
+        # (`migrate_in_child`), so the long-running process never holds it in memory.
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
@@ -76,15 +80,46 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    async def migrate_in_child(self) -> None:
+        """`migrate`, run by `python -m keel_approval.db` with this database's URL in its environment
+        (not on its command line, where other users could read a password)."""
+        env = {**os.environ, "KEEL_APPROVAL_DB_URL": self.url.render_as_string(hide_password=False)}
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "keel_approval.db",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await child.communicate()
+        if child.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"migrating {self.describe()} failed: " + " | ".join(tail))
+
     def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     @staticmethod
     def head_revision() -> str | None:
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         return ScriptDirectory.from_config(config).get_current_head()
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+if __name__ == "__main__":
+    settings = KeelSettings()
+    database = Database(database_url(settings))
+    try:
+        database.migrate()
+    finally:
+        database.dispose()

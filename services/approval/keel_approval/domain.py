@@ -30,6 +30,11 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.APPROVED, Status.DENIED, Status.EXPIRED, Status.ESCALATED, Status.SUPERSEDED})
 
+#: Longest reason a decision may carry (the decision event's limit), however it is submitted.
+MAX_REASON_CHARS = 4096
+#: Who denies a request the service itself refuses to show (see `refuse`).
+SERVICE_IDENTITY = "keel:approval"
+
 
 class DecisionRefused(Exception):
     """A decision that must not happen; `code` is stable for clients, the message is for people."""
@@ -185,6 +190,7 @@ def approve(
     as_role = authorize(state, approver, role)
     check_open(state, now)
     check_hash(state, payload_hash)
+    check_reason(reason)
     if any(_identity(v.approver) == _identity(approver.name) for v in state.votes):
         raise Conflict("already_voted", f"{approver.name} has already approved {state.approval_id}")
     vote = Vote(approver.name, as_role, now, reason.strip())
@@ -207,7 +213,20 @@ def deny(
     check_hash(state, payload_hash)
     if not reason.strip():
         raise Invalid("reason_required", "a denial needs a reason")
+    check_reason(reason)
     vote = Vote(approver.name, as_role, now, reason.strip())
+    return Decision("denied", Status.DENIED, vote, (vote,))
+
+
+def check_reason(reason: str) -> None:
+    if len(reason.strip()) > MAX_REASON_CHARS:
+        raise Invalid("reason_too_long", f"a reason has at most {MAX_REASON_CHARS} characters, this one {len(reason)}")
+
+
+def refuse(state: ApprovalState, now: datetime, reason: str) -> Decision:
+    """The service denies a request no approver may see (its payload is over the size limit): the run
+    hears a denial with the reason at once, instead of waiting for a decision that cannot come."""
+    vote = Vote(SERVICE_IDENTITY, state.roles[0], now, reason[:MAX_REASON_CHARS])
     return Decision("denied", Status.DENIED, vote, (vote,))
 
 

@@ -13,7 +13,12 @@ from keel_approval.events import as_message
 from keel_approval.metrics import DECISIONS, PUBLISH_FAILURES, REFUSALS, VOTES, WAIT_SECONDS
 from keel_approval.records import ApprovalRecord
 from keel_approval.store import ApprovalStore, Decided, RequestApplied
-from keel_contracts.approvals import ApprovalRequested, payload_hash
+from keel_contracts.approvals import (
+    DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
+    ApprovalRequested,
+    approval_payload_bytes,
+    payload_hash,
+)
 from keel_contracts.codec import ContractViolation
 from keel_contracts.envelope import Message
 from keel_shared.logging import get_logger
@@ -32,8 +37,10 @@ class ApprovalService:
         publish: Publish,
         schedule: Schedule,
         clock: Callable[[], datetime],
+        max_payload_bytes: int = DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
     ) -> None:
         self.store = store
+        self.max_payload_bytes = max_payload_bytes
         self.directory = directory
         self._publish = publish
         self._schedule = schedule
@@ -42,7 +49,10 @@ class ApprovalService:
 
     # --- requests ----------------------------------------------------------------------------------
     async def on_requested(self, event: ApprovalRequested, seq: int) -> RequestApplied:
-        expected = payload_hash(event.body.payload)
+        try:
+            expected = payload_hash(event.body.payload)
+        except ValueError as exc:  # a number JSON cannot carry (1e400 parses as inf): no hash to bind to
+            raise ContractViolation("invalid", f"body.payload has no canonical JSON: {exc}") from None
         if event.body.payload_hash != expected:
             # Approving would bind to a hash nobody can reproduce from what the approver sees.
             raise ContractViolation(
@@ -52,6 +62,11 @@ class ApprovalService:
         for old in applied.superseded:
             DECISIONS.labels(Status.SUPERSEDED.value).inc()
             log.info("approval_superseded", approval_id=old, by=event.body.approval_id, run_id=event.run_id)
+        size = approval_payload_bytes(event.body.payload)
+        if applied.record.pending and size > self.max_payload_bytes:
+            # The router stops such a run before asking; this one was asked for by a router that allows
+            # more (its KEEL_MAX_APPROVAL_PAYLOAD_BYTES differs). Nobody will be shown it: deny it now.
+            return await self._refuse(applied, size)
         if applied.record.pending:
             # Also on a redelivery: scheduling the same timer again replaces it, so this is idempotent.
             await self._schedule(applied.record)
@@ -64,6 +79,21 @@ class ApprovalService:
                 expires_at=event.body.expires_at.isoformat(),
             )
         return applied
+
+    async def _refuse(self, applied: RequestApplied, size: int) -> RequestApplied:
+        approval_id = applied.record.approval_id
+        reason = (
+            f"limit max_approval_payload_bytes exceeded: the payload to approve is {size} bytes, limit "
+            f"{self.max_payload_bytes} (KEEL_MAX_APPROVAL_PAYLOAD_BYTES of the approval service); not shown to "
+            "any approver"
+        )
+        now = self._clock()
+        decided = await asyncio.to_thread(self.store.decide, approval_id, lambda s: domain.refuse(s, now, reason))
+        DECISIONS.labels(decided.record.status.value).inc()
+        log.warning("approval_refused_too_large", approval_id=approval_id, payload_bytes=size)
+        if decided.event is not None:
+            await self._publish_one(approval_id, decided.event)
+        return replace(applied, record=decided.record)
 
     # --- reads -------------------------------------------------------------------------------------
     async def inbox(self, approver: Approver) -> list[ApprovalRecord]:

@@ -3,12 +3,20 @@
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
 
 from keel_approval import api, inbox
 from keel_approval.domain import DecisionRefused
 from keel_approval.service import ApprovalService
+from keel_shared.http import BodyLimit
+
+#: Largest request body accepted: a decision is a hash, a role and a reason of at most 4,096 characters
+#: (up to 4 bytes each in UTF-8, more when JSON-escaped), a login form is two tokens. Anything larger is
+#: refused with 413 before it is read whole.
+MAX_REQUEST_BODY_BYTES = 32 * 1024
 
 # No scripts at all; inline styles only; forms post to this origin only; never framed (clickjacking).
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -28,6 +36,7 @@ def create_app(service: ApprovalService | None, *, cookie_secure: bool = False, 
         docs_url="/docs",
         redoc_url=None,
     )
+    app.add_middleware(BodyLimit, max_bytes=MAX_REQUEST_BODY_BYTES)
     app.state.service = service
     app.state.cookie_secure = cookie_secure
     app.state.session_hours = session_hours
@@ -38,6 +47,12 @@ def create_app(service: ApprovalService | None, *, cookie_secure: bool = False, 
     async def refused(request: Request, exc: DecisionRefused) -> JSONResponse:
         return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.http_status)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 413:
+            return JSONResponse({"error": "too_large", "detail": exc.detail}, status_code=413)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(inbox.LoginRequired)
     async def login_required(request: Request, exc: inbox.LoginRequired) -> Response:
         return RedirectResponse("/inbox/login", status_code=303)
@@ -45,7 +60,12 @@ def create_app(service: ApprovalService | None, *, cookie_secure: bool = False, 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        code = "reason_required" if any("reason" in map(str, e.get("loc", ())) for e in errors) else "invalid"
+        about_reason = [e.get("type") for e in errors if "reason" in map(str, e.get("loc", ()))]
+        code = "invalid"
+        if "string_too_long" in about_reason:
+            code = "reason_too_long"
+        elif about_reason:
+            code = "reason_required"
         detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errors[:5])
         return JSONResponse({"error": code, "detail": detail}, status_code=422)
 

@@ -56,12 +56,14 @@ def parse_json_body(data: bytes) -> tuple[bool, JSON]:
     """Decide how a message body is stored: ``(True, value)`` for JSON that canonicalises losslessly,
     ``(False, base64 text)`` otherwise.
 
-    Bodies with duplicate keys, NaN/Infinity or integers beyond 2**53 are not canonicalisable without
-    losing information, so they are kept byte-exact as base64 instead of being silently normalised.
+    Bodies with duplicate keys, NaN/Infinity, integers beyond 2**53 or nesting deeper than Python's
+    parser goes are not canonicalisable without losing information, so they are kept byte-exact as base64
+    instead of being silently normalised.
     """
     try:
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
         canonical_bytes(value)
-    except (UnicodeDecodeError, ValueError, rfc8785.CanonicalizationError):
+    except (UnicodeDecodeError, ValueError, RecursionError, rfc8785.CanonicalizationError):
+        # RecursionError: nested deeper than Python parses; kept byte-exact like any other non-JSON body.
         return False, base64.b64encode(data).decode("ascii")
     return True, value

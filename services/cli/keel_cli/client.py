@@ -40,8 +40,13 @@ class KeelError(Exception):
 
 
 class TriggerRejected(KeelError):
-    def __init__(self, letter: DeadLetter) -> None:
-        super().__init__(f"trigger rejected ({letter.reason}): {letter.detail}")
+    """The trigger started no run: the router dead-lettered it (`letter`), or the server would not store
+    it. `reason` is the stable code (`invalid_input`, `too_large`, `too_many_runs`, ...)."""
+
+    def __init__(self, reason: str, detail: str, letter: DeadLetter | None = None) -> None:
+        super().__init__(f"trigger rejected ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
         self.letter = letter
 
 
@@ -159,12 +164,13 @@ class KeelClient:
         actor: str | None = None,
     ) -> TriggerAnswer:
         """Start (or join) the run for this intent. Returns once the router has answered; with `wait`,
-        once the run has finished."""
+        once the run has finished or is blocked by a cap or limit. Raises `TriggerRejected` when the
+        trigger started no run (see docs/limits.md for `too_large` and `too_many_runs`)."""
         trig = build_trigger(workflow, input, intent_key, source=source, tenant=self.tenant, actor=actor)
         try:
             outcome = await submit_trigger(self.nc, self.js, trig, wait=wait, timeout=timeout)
         except Refused as exc:
-            raise TriggerRejected(exc.letter) from None
+            raise TriggerRejected(exc.reason, exc.detail, exc.letter) from None
         except TimeoutError:
             raise KeelError(f"no answer for run {trig.run_id} within {timeout}s (is `keel up` running?)") from None
         return self._answer(
@@ -253,7 +259,7 @@ class KeelClient:
                 self.nc, self.js, subject, cmd, s.run_filter(workflow, cmd.run_id), answer, timeout=timeout
             )
         except Refused as exc:
-            raise KeelError(f"refused ({exc.letter.reason}): {exc.letter.detail}") from None
+            raise KeelError(f"refused ({exc.reason}): {exc.detail}") from None
         except TimeoutError:
             raise KeelError(f"no answer for run {cmd.run_id} within {timeout}s (is the router running?)") from None
 

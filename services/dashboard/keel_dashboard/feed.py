@@ -5,6 +5,7 @@ event type this dashboard does not know yet (a newer writer) still shows up in t
 """
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,15 +18,31 @@ from keel_shared.follow import StartAt, follow
 _ENVELOPE = ("occurred_at", "step_id", "attempt", "actor", "id")
 
 
+#: Stream sequences are unsigned 64-bit: the feed resumes at the next one, which must still be one.
+MAX_RESUME_SEQ = 2**64 - 2
+
+
 class FeedError(ValueError):
     """A feed request that names no valid run or workflow (the web layer answers 400)."""
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    # The browser parses what is sent with JSON.parse, which has no NaN or Infinity.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is beyond the range of a JSON number")
+    return value
 
 
 def timeline_entry(seq: int, subject: str, data: bytes) -> dict[str, Any]:
     workflow, run_id, emitter, event_type = s.parse_event_subject(subject)
     try:
-        event: Any = json.loads(data)
-    except ValueError:
+        event: Any = json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses: shown as null
         event = None
     entry: dict[str, Any] = {
         "seq": seq,
@@ -66,6 +83,9 @@ def parse_last_event_id(value: str | None) -> int | None:
         raise FeedError(f"Last-Event-ID must be a stream sequence (an integer), got {value!r}") from None
     if seq < 0:
         raise FeedError("Last-Event-ID must not be negative")
+    if seq > MAX_RESUME_SEQ:
+        # The server refuses to start a consumer beyond it, and the feed would retry that for ever.
+        raise FeedError(f"Last-Event-ID must be a stream sequence of at most {MAX_RESUME_SEQ}")
     return seq
 
 

@@ -8,14 +8,15 @@ from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
 
 from keel_contracts import subjects as s
+from keel_contracts.codec import decode
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.events import StepFailed, StepSucceeded
-from keel_executor.claims import ClaimLost, ClaimState, KvClaims
+from keel_executor.claims import ClaimLost, KvClaims
 from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
 from keel_executor.tools.registry import ToolRegistry
-from keel_shared.consuming import Redeliver
+from keel_shared.consuming import Redeliver, current_message
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import bound_context
 from keel_shared.service import ServiceRuntime
@@ -66,12 +67,13 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
         s.EXECUTE_ALL,
         stream=s.COMMANDS_STREAM,
         durable=s.EXECUTOR_DURABLE,
-        batch_size=settings.executor_concurrency,
+        concurrency=settings.executor_concurrency,
         description="Run one attempt of a tool step and record its outcome on the run",
+        decode=lambda data: decode(ExecuteStep, data, settings.max_message_bytes),
     )
-    async def on_execute(cmd: ExecuteStep, msg: NatsMessage) -> None:
+    async def on_execute(cmd: ExecuteStep) -> None:
         with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
-            beat = asyncio.create_task(_heartbeat(msg, settings.heartbeat_seconds))
+            beat = asyncio.create_task(_heartbeat(current_message(), settings.heartbeat_seconds))
             try:
                 result = await (await get_executor()).execute(cmd)
             except ClaimLost as exc:
@@ -89,7 +91,7 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
             outcome = result.outcome
-            if result.claim_state is not ClaimState.DONE and isinstance(outcome, StepSucceeded | StepFailed):
+            if isinstance(outcome, StepSucceeded | StepFailed):
                 error_class = outcome.body.error_class if isinstance(outcome, StepFailed) else ""
                 ATTEMPTS.labels(cmd.body.tool, outcome.type.removeprefix("step_"), str(error_class)).inc()
                 elapsed = (outcome.body.finished_at - outcome.body.started_at).total_seconds()

@@ -14,17 +14,16 @@ from typing import Any, Protocol
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-#: An outcome larger than this is not copied into its claim (it could not be re-reported if the event
-#: stream lost it, which it should not); keeps claim values well under the server's message size.
-MAX_REMEMBERED_OUTCOME_BYTES = 256 * 1024
 #: How many past states a claim value keeps, for the dead letter of a command that never finishes.
 MAX_HISTORY = 20
 
 
 class ClaimState(StrEnum):
     NEW = "new"  # nobody had claimed it: run the attempt
-    TAKEN_OVER = "taken_over"  # a previous holder stopped mid-attempt: its outcome is not known
-    DONE = "done"  # the attempt finished and its outcome was recorded: do nothing
+    # Claimed before: the attempt either finished (its outcome is on the run, look it up) or its holder
+    # stopped mid-attempt (the outcome is not known). A claim is never marked done: the outcome event,
+    # found by its dedupe key, is the record of completion, which saves a write per attempt.
+    TAKEN_OVER = "taken_over"
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,6 @@ class Claim:
     state: ClaimState
     revision: int
     previous_holder: str | None = None
-    # The encoded outcome event: set by the executor on the claim it completes, read back from a done
-    # claim so a redelivery can re-report an outcome the event stream no longer has.
-    outcome: bytes | None = None
 
 
 class ClaimLost(Exception):
@@ -44,8 +40,6 @@ class ClaimLost(Exception):
 
 class Claims(Protocol):
     async def claim(self, dedupe_key: str, holder: str) -> Claim: ...
-
-    async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None: ...
 
 
 def claim_key(dedupe_key: str) -> str:
@@ -93,12 +87,8 @@ class KvClaims:
             # Expired or deleted between our create and get: try once more from the start.
             return await self.claim(dedupe_key, holder)
         doc = json.loads(entry.value or b"{}")
-        if doc.get("state") == "done":
-            outcome = doc.get("outcome")
-            remembered = json.dumps(outcome).encode() if isinstance(outcome, dict) else None
-            return Claim(key, ClaimState.DONE, entry.revision or 0, doc.get("holder"), remembered)
-        # The message came back while the claim says "running": the holder stopped heartbeating (it died
-        # or hung), because the server redelivers only after the ack deadline passes unrenewed.
+        # The message came back: its holder finished but the ack was lost, or it stopped heartbeating
+        # (it died or hung), because the server redelivers only after the ack deadline passes unrenewed.
         try:
             revision = await self._kv.update(
                 key, _value("running", holder, doc, took_over_from=doc.get("holder")), last=entry.revision
@@ -106,16 +96,6 @@ class KvClaims:
         except KeyWrongLastSequenceError as exc:
             raise ClaimLost(f"claim {key} changed hands while taking it over") from exc
         return Claim(key, ClaimState.TAKEN_OVER, revision, doc.get("holder"))
-
-    async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None:
-        extra: dict[str, Any] = {"outcome_seq": outcome_seq}
-        if claim.outcome is not None and len(claim.outcome) <= MAX_REMEMBERED_OUTCOME_BYTES:
-            extra["outcome"] = json.loads(claim.outcome)
-        # A done claim needs no history (it is never dead-lettered for failing), so none is read here.
-        try:
-            await self._kv.update(claim.key, _value("done", holder, None, **extra), last=claim.revision)
-        except KeyWrongLastSequenceError as exc:
-            raise ClaimLost(f"claim {claim.key} was taken over before it could be completed") from exc
 
     async def note_error(self, dedupe_key: str, holder: str, error: str) -> None:
         """Record on a running claim that this holder's try failed and how (it stays running, so the

@@ -1,20 +1,19 @@
 """Running one attempt of one step: claim, call the tool, report the outcome. No broker in here.
 
 Order matters for exactly-once effects:
-1. claim the command's dedupe key (a finished claim means the work is done: stop);
-2. if the claim was taken over from a holder that died, look for the outcome it may have recorded
-   before dying, and only if there is none, run the tool again with the *same* idempotency key, so
-   the system of record collapses the two calls into one write (a write with a read-back is verified
-   first: see verification.py);
-3. record the outcome event (deduplicated by the server on `<dedupe_key>:outcome`);
-4. mark the claim done, keeping a copy of the outcome in it.
-A crash between any two of these repeats only steps that are safe to repeat. A redelivery of a done
-command does nothing, unless the event stream lost its outcome: then it records the kept copy again.
+1. claim the command's dedupe key;
+2. if it had been claimed before, look for the outcome recorded under its dedupe key: found means the
+   attempt finished (its ack was lost) and nothing is done; not found means the holder died mid-call,
+   so the tool runs again with the *same* idempotency key and the system of record collapses the two
+   calls into one write (a write with a read-back is verified first: see verification.py);
+3. record the outcome event (deduplicated by the server on `<dedupe_key>:outcome`).
+A crash between any two of these repeats only steps that are safe to repeat. The outcome event is the
+record of completion: the claim is not written again (decision 008).
 """
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -22,7 +21,6 @@ from pydantic import JsonValue
 
 from keel_contracts import subjects as s
 from keel_contracts.approvals import payload_hash
-from keel_contracts.codec import decode_event, encode
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
@@ -87,29 +85,15 @@ class Executor:
 
     async def execute(self, cmd: ExecuteStep) -> ExecutionResult:
         claim = await self._claims.claim(cmd.dedupe_key, self._id)
-        if claim.state is ClaimState.DONE:
-            log.info("already_done", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt)
-            return await self._rereport(cmd, claim.outcome)
         if claim.state is ClaimState.TAKEN_OVER:
-            log.warning("claim_taken_over", run_id=cmd.run_id, step_id=cmd.step_id, previous=claim.previous_holder)
             seq = await self._outcomes.find(cmd)
             if seq is not None:
-                await self._claims.complete(claim, self._id, seq)
+                log.info("already_done", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, seq=seq)
                 return ExecutionResult(None, seq, claim.state)
+            log.warning("claim_taken_over", run_id=cmd.run_id, step_id=cmd.step_id, previous=claim.previous_holder)
         outcome = await self._run_tool(cmd, taken_over=claim.state is ClaimState.TAKEN_OVER)
         seq = await self._outcomes.record(outcome)
-        await self._claims.complete(replace(claim, outcome=encode(outcome)), self._id, seq)
         return ExecutionResult(outcome, seq, claim.state)
-
-    async def _rereport(self, cmd: ExecuteStep, remembered: bytes | None) -> ExecutionResult:
-        """A done command came back. Normally its outcome is on the run and there is nothing to do; if the
-        stream lost it, the copy kept in the claim is recorded again (same dedupe key, same event)."""
-        if remembered is None or await self._outcomes.find(cmd) is not None:
-            return ExecutionResult(None, None, ClaimState.DONE)
-        outcome = decode_event(remembered)
-        seq = await self._outcomes.record(outcome)
-        log.warning("outcome_rereported", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, seq=seq)
-        return ExecutionResult(outcome, seq, ClaimState.DONE)
 
     async def _call(
         self, cmd: ExecuteStep, tool: Tool, ctx: ToolContext, data: dict[str, JsonValue], name: str

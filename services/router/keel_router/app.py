@@ -3,19 +3,23 @@ timers and the run-state view out."""
 
 from datetime import UTC, datetime
 
-from faststream.nats import NatsMessage
+from pydantic import TypeAdapter
 
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
-from keel_contracts.codec import decode_event, encode
-from keel_contracts.commands import RouterCommand, TriggerRun
+from keel_contracts.codec import decode, decode_event, decode_with, encode
+from keel_contracts.commands import CancelRun, HumanInput, RouterCommand, TriggerRun
+from keel_contracts.events import RunEvent
 from keel_contracts.runs import RunView, view_key
 from keel_contracts.timers import TimerFired
+from keel_router.admission import count_runs_in_flight
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
+from keel_router.views import ViewWriter
 from keel_router.workflow.policy import Policy, load_policy
+from keel_shared.consuming import current_message, redelivered
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import get_logger
 from keel_shared.publishing import publish_with_retry
@@ -24,9 +28,7 @@ from keel_shared.settings import KeelSettings
 
 log = get_logger(__name__)
 
-
-def _redelivered(msg: NatsMessage) -> bool:
-    return (msg.raw_message.metadata.num_delivered or 1) > 1
+_COMMANDS: TypeAdapter[HumanInput | CancelRun] = TypeAdapter(RouterCommand)
 
 
 def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> ServiceRuntime:
@@ -36,6 +38,7 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     # A broken policy file stops the router at start: running without the approvals it demands is worse.
     policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     router: Router | None = None
+    in_flight = count_runs_in_flight(runtime)
 
     async def publish(effect: Effect) -> None:
         headers = {"Nats-Msg-Id": effect.dedupe_key, **(effect.headers or {})}
@@ -51,6 +54,9 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     async def put_view(view: RunView) -> None:
         kv = await runtime.kv(s.RUNS_BUCKET)
         await kv.put(view_key(view.run_id), encode(view))
+
+    views = ViewWriter(put_view)
+    runtime.app.on_shutdown(views.flush)
 
     async def drop_pending_work(run_id: str) -> None:
         try:
@@ -68,49 +74,67 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
                 timeout=settings.publish_timeout,
                 budget=settings.publish_retry_budget,
             )
-            engine = Engine(lambda: datetime.now(UTC), policy=policy)
-            router = Router(workflows, RunRepository(store), engine, publish, put_view, drop_pending_work)
+            engine = Engine(
+                lambda: datetime.now(UTC), policy=policy, max_approval_payload_bytes=settings.max_approval_payload_bytes
+            )
+            router = Router(
+                workflows,
+                RunRepository(store),
+                engine,
+                publish,
+                views.write,
+                drop_pending_work,
+                runs_in_flight=in_flight,
+                max_message_bytes=settings.max_message_bytes,
+            )
         return router
+
+    max_bytes = settings.max_message_bytes
 
     @runtime.pull_subscriber(
         s.TRIGGERS_ALL,
         stream=s.COMMANDS_STREAM,
         durable=s.ROUTER_TRIGGERS_DURABLE,
-        batch_size=settings.router_concurrency,
+        concurrency=settings.router_concurrency,
         description="Start a run for an intent, or join the run the intent already has",
+        decode=lambda data: decode(TriggerRun, data, max_bytes),
     )
-    async def on_trigger(trigger: TriggerRun, msg: NatsMessage) -> None:
-        await get_router().on_trigger(trigger, _redelivered(msg))
+    async def on_trigger(trigger: TriggerRun) -> None:
+        await get_router().on_trigger(trigger, redelivered())
 
     @runtime.pull_subscriber(
         s.emitter_filter(s.EXECUTOR),
         stream=s.EVENTS_STREAM,
         durable=s.ROUTER_EVENTS_DURABLE,
-        batch_size=settings.router_concurrency,
+        concurrency=settings.router_concurrency,
         description="An attempt finished, or an approval was decided: decide what the run does next",
+        decode=lambda data: decode_event(data, max_bytes),
     )
-    async def on_outcome(msg: NatsMessage) -> None:
-        event = decode_event(msg.raw_message.data, settings.max_message_bytes)
-        await get_router().on_run_changed(event.workflow, event.run_id, _redelivered(msg))
+    async def on_outcome(event: RunEvent) -> None:
+        meta = current_message().raw_message.metadata
+        seq = meta.sequence.stream if meta.sequence else None
+        await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=(seq, event))
 
     @runtime.pull_subscriber(
         t.ROUTER_TIMERS_FIRE,
         stream=t.TIMERS_STREAM,
         durable=t.ROUTER_TIMERS_DURABLE,
-        batch_size=settings.router_concurrency,
+        concurrency=settings.router_concurrency,
         description="A durable timer fired: a retry's backoff passed, a wait ended, a human step's deadline came",
+        decode=lambda data: decode(TimerFired, data, max_bytes),
     )
-    async def on_timer(timer: TimerFired, msg: NatsMessage) -> None:
-        await get_router().on_timer(timer, _redelivered(msg))
+    async def on_timer(timer: TimerFired) -> None:
+        await get_router().on_timer(timer, redelivered())
 
     @runtime.pull_subscriber(
         s.ROUTER_COMMANDS_ALL,
         stream=s.COMMANDS_STREAM,
         durable=s.ROUTER_COMMANDS_DURABLE,
-        batch_size=settings.router_concurrency,
+        concurrency=settings.router_concurrency,
         description="Human input for a parked run (`keel run input`), or its cancellation (`keel run cancel`)",
+        decode=lambda data: decode_with(_COMMANDS, data, max_bytes),
     )
-    async def on_command(command: RouterCommand, msg: NatsMessage) -> None:
-        await get_router().on_command(command, _redelivered(msg))
+    async def on_command(command: RouterCommand) -> None:
+        await get_router().on_command(command, redelivered())
 
     return runtime

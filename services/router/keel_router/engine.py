@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from keel_contracts import subjects as s
 from keel_contracts import timers
+from keel_contracts.approvals import DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES
 from keel_contracts.commands import (
     CancelRun,
     ExecuteStep,
@@ -43,7 +44,7 @@ from keel_contracts.events import (
 )
 from keel_contracts.timers import TimerBody, TimerFired
 from keel_router.aggregate import Approval, Attempt, RunState, apply
-from keel_router.caps import blocked_by_cap
+from keel_router.caps import blocked, blocked_by_approval_payload, blocked_by_cap, blocked_by_payload
 from keel_router.emit import Emitter, run_context
 from keel_router.gates import (
     POLICY_GATE_EXPIRY_SECONDS,
@@ -77,7 +78,7 @@ from keel_router.workflow.models import (
     WaitStep,
     Workflow,
 )
-from keel_router.workflow.policy import Policy
+from keel_router.workflow.policy import CapHit, Policy
 from keel_router.workflow.retry import Retrier, match_catcher, plan_retry
 from keel_router.workflow.runtime import DecisionNeedsHuman, catch_writes, resolve_wait
 from keel_router.workflow.templating import render
@@ -109,6 +110,7 @@ class Engine:
         rng: random.Random | None = None,
         actor: str = s.ROUTER,
         policy: Policy | None = None,
+        max_approval_payload_bytes: int = DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
     ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
@@ -116,6 +118,13 @@ class Engine:
         self._emit = Emitter(clock, actor)
         # Without a policy file every action class still needs approval (the workflow package's default).
         self._policy = policy or Policy()
+        self._max_approval_payload_bytes = max_approval_payload_bytes
+
+    def blocked(
+        self, state: RunState, hit: CapHit, not_doing: str, step_id: str | None, causation_id: str | None
+    ) -> Message:
+        """A `run_blocked` event for a limit the router found outside the engine's own checks."""
+        return blocked(self._emit, state, hit, not_doing, step_id, causation_id)
 
     # --- envelopes ---------------------------------------------------------------------------------
     def _env(self, state: RunState, dedupe_key: str, causation_id: str | None, **extra: Any) -> dict[str, Any]:
@@ -453,8 +462,14 @@ class Engine:
             payload = render_payload(step, ctx)
         except RunDataError as exc:
             return self._fail(state, f"input of {step.id}: {exc}", None, step.id)
+        too_big = blocked_by_payload(self._emit, state, self._policy, payload, step.id, causation_id)
+        if too_big is not None:
+            return too_big
         gate = check_gate(state, workflow, step, payload, self._policy)
         if isinstance(gate, GateClosed):
+            too_big = self._approval_too_big(state, payload, step.id, step.id, causation_id)
+            if too_big is not None:
+                return too_big
             return request_approval(
                 self._emit,
                 state,
@@ -483,6 +498,9 @@ class Engine:
             summary = str(render(step.summary, ctx)) if step.summary else f"{write.tool} with the payload shown"
         except RunDataError as exc:
             return self._fail(state, f"approval {step.id}: the payload of {write.id}: {exc}", None, step.id)
+        too_big = self._approval_too_big(state, payload, step.id, write.id, causation_id)
+        if too_big is not None:
+            return too_big
         return request_approval(
             self._emit,
             state,
@@ -496,6 +514,15 @@ class Engine:
             escalate_to=step.escalate_to,
             ctx=ctx,
             causation_id=causation_id,
+        )
+
+    def _approval_too_big(
+        self, state: RunState, payload: dict[str, JsonValue], asking_step: str, write: str, causation_id: str | None
+    ) -> Message | None:
+        return blocked_by_payload(self._emit, state, self._policy, payload, write, causation_id) or (
+            blocked_by_approval_payload(
+                self._emit, state, payload, self._max_approval_payload_bytes, asking_step, write, causation_id
+            )
         )
 
     def _after_approval(
@@ -561,6 +588,9 @@ class Engine:
             except RunDataError as exc:
                 return self._fail(state, f"input of {step.id}: {exc}", None, step.id)
             payload = dict(rendered) if isinstance(rendered, dict) else {"value": rendered}
+            too_big = blocked_by_payload(self._emit, state, self._policy, payload, step.id, causation_id)
+            if too_big is not None:
+                return too_big
             payload["options"] = decision_options(step)
             if step.min_confidence is not None:
                 payload["min_confidence"] = step.min_confidence

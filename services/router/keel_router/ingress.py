@@ -9,7 +9,6 @@ Replays are caught across restarts and across ingress processes: every accepted 
 (create-only) in the KEEL_WEBHOOK_REPLAY bucket, whose entries expire after the replay window.
 """
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,12 +19,15 @@ from nats.aio.client import Client
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keel_contracts import subjects as s
+from keel_contracts.codec import ContractViolation, parse_json
 from keel_router.webhooks import (
     SourceConfig,
     WebhookRefused,
@@ -37,6 +39,7 @@ from keel_router.webhooks import (
     verify,
 )
 from keel_shared.connection import connect
+from keel_shared.http import BodyLimit, BodyTooLarge
 from keel_shared.logging import get_logger
 from keel_shared.service import setup
 from keel_shared.settings import KeelSettings
@@ -49,6 +52,10 @@ WEBHOOKS = Counter("keel_webhook_requests_total", "Webhook requests by source an
 
 #: Largest webhook body accepted (Slack's own events are far smaller).
 MAX_BODY_BYTES = 256 * 1024
+
+#: The HTTP status of a trigger the router refused, by its reason; any other refusal is 422. A sender that
+#: gets 429 may send the same request again later (the same intent key still names the same run).
+REFUSAL_STATUS = {"too_many_runs": 429, "too_large": 413}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -87,27 +94,35 @@ class Ingress:
             raise WebhookRefused(403, "workflow_not_allowed", f"source {source_name} may not start {workflow}")
         if not s.TOKEN_RE.fullmatch(workflow):
             raise WebhookRefused(404, "unknown_workflow", f"no workflow {workflow!r}")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise WebhookRefused(413, "too_large", f"body is {len(body)} bytes; limit {MAX_BODY_BYTES}")
+        try:
+            body = await request.body()
+        except BodyTooLarge as exc:
+            raise WebhookRefused(413, "too_large", exc.detail) from None
         signature = verify(source, request.headers, body, time.time(), self.settings.webhook_window_seconds)
         try:
-            doc = json.loads(body)
-        except ValueError:
-            raise WebhookRefused(400, "malformed_json", "the body is not JSON") from None
+            # Parsed as the trigger contract parses it: too deep, lone surrogates or NaN are refused here.
+            doc = parse_json(body)
+        except ContractViolation as exc:
+            raise WebhookRefused(400, "malformed_json", f"the body is {exc.detail}") from None
         if isinstance(doc, dict) and doc.get("type") == "url_verification" and source.config.scheme == "slack":
             return {"challenge": doc.get("challenge")}  # Slack's one-time endpoint check
         data = trigger_input(source, doc)
         key = intent_key(source, request.headers, doc)
+        try:
+            trig = build_trigger(workflow, data, key, source=source_name, tenant=self.settings.tenant)
+        except ValidationError as exc:  # an intent key over 512 characters, say
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise WebhookRefused(422, "invalid_input", detail) from None
         await self._remember(source_name, signature)
-        trig = build_trigger(workflow, data, key, source=source_name, tenant=self.settings.tenant)
         assert self.nc is not None
         try:
             outcome = await submit_trigger(
                 self.nc, self.nc.jetstream(), trig, timeout=self.settings.publish_timeout * 6
             )
         except Refused as exc:
-            raise WebhookRefused(422, exc.letter.reason, exc.letter.detail) from None
+            # Nothing started, so the sender may send this very request again (after a 429, it should).
+            await self._forget(source_name, signature)
+            raise WebhookRefused(REFUSAL_STATUS.get(exc.reason, 422), exc.reason, exc.detail) from None
         except TimeoutError:
             # The trigger is stored and will start or join its run; only the answer is late.
             return {"run_id": trig.run_id, "joined": None, "workflow": workflow, "intent_key": trig.body.intent_key}
@@ -125,6 +140,13 @@ class Ingress:
             await self.replays.create(replay_key(source, signature), b"1")
         except KeyWrongLastSequenceError:
             raise WebhookRefused(409, "replayed", "this signed request was already received") from None
+
+    async def _forget(self, source: str, signature: str) -> None:
+        assert self.replays is not None
+        try:
+            await self.replays.delete(replay_key(source, signature))
+        except Exception as exc:  # the refusal matters more; the entry expires with the window anyway
+            log.warning("webhook_replay_forget_failed", source=source, error=str(exc))
 
     async def health(self, request: Request) -> Response:
         ok = self.nc is not None and self.nc.is_connected
@@ -154,6 +176,8 @@ def build_app(settings: KeelSettings) -> Starlette:
             Route("/metrics", ingress.metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
+        # A larger body is refused as soon as that is known, never read whole into memory.
+        middleware=[Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)],
     )
 
 

@@ -7,21 +7,31 @@ fakes and the same code runs behind FastStream in production.
 from collections.abc import Awaitable, Callable, Sequence
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from nats.errors import Error as NatsError
 
-from keel_contracts.codec import ContractViolation
+from keel_contracts.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractViolation, encode
 from keel_contracts.commands import CancelRun, HumanInput, TriggerRun
 from keel_contracts.envelope import Message, run_id_for
 from keel_contracts.runs import RunStatus, RunView
 from keel_contracts.timers import TimerFired
+from keel_router.admission import NotReady, RunsInFlight
 from keel_router.aggregate import RunState
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.metrics import RETRIES_SCHEDULED, RUNS_FINISHED, RUNS_STARTED, TRANSITIONS, TRIGGERS_JOINED
-from keel_router.runs import RunRepository
+from keel_router.runs import Delivered, RunRepository, Transaction
 from keel_router.workflow.models import Workflow
+from keel_router.workflow.policy import CapHit
+from keel_shared.consuming import Redeliver
 from keel_shared.logging import bound_context, get_logger
+from keel_shared.publishing import refused_as_too_large
 
 log = get_logger(__name__)
+
+#: How long a trigger for a new run waits, right after a router starts, for the count of runs in flight.
+ADMISSION_WAIT_SECONDS = 10.0
+
+Decide = Callable[[RunState | None], Sequence[Message]]
 
 
 class Router:
@@ -31,8 +41,10 @@ class Router:
         runs: RunRepository,
         engine: Engine,
         publish: Callable[[Effect], Awaitable[None]],
-        put_view: Callable[[RunView], Awaitable[None]],
+        put_view: Callable[[RunView, bool], Awaitable[None]],
         drop_pending_work: Callable[[str], Awaitable[None]] | None = None,
+        runs_in_flight: RunsInFlight | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._catalog = catalog
         self._runs = runs
@@ -42,6 +54,9 @@ class Router:
         # After a cancel: withdraw the run's execute commands no executor has started, so no new write
         # begins (one already running finishes and its outcome is recorded).
         self._drop_pending_work = drop_pending_work
+        # None: no limit on runs in flight (KEEL_MAX_RUNS_IN_FLIGHT=0).
+        self._in_flight = runs_in_flight
+        self._max_message_bytes = max_message_bytes
 
     def _workflow(self, name: str) -> Workflow:
         wf = self._catalog.get(name)
@@ -65,19 +80,46 @@ class Router:
                 detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(input)'}: {p.message}" for p in problems[:5])
                 raise ContractViolation("invalid_input", f"input does not match workflow {workflow.name}: {detail}")
 
+        in_flight = self._in_flight
+        admitted = False
+
         def decide(state: RunState | None) -> Sequence[Message]:
+            nonlocal admitted
+            if state is None and in_flight is not None:
+                # Only a new run is counted; joining the run an intent already has never is.
+                in_flight.admit(trigger.tenant, trigger.run_id)
+                admitted = True
+            elif admitted and in_flight is not None:
+                # Decided first as a new run without reading it (`probably_new`), but it exists: a join.
+                in_flight.withdraw(trigger.tenant, trigger.run_id)
+                admitted = False
             return self._engine.on_trigger(state, trigger, workflow)
 
-        return await self._handle(workflow.name, trigger.run_id, decide, redelivered)
+        try:
+            try:
+                return await self._handle(workflow.name, trigger.run_id, decide, redelivered, probably_new=True)
+            except NotReady:
+                # Right after a start the count is still being read: wait for it rather than guess.
+                assert in_flight is not None
+                if not await in_flight.wait_ready(ADMISSION_WAIT_SECONDS):
+                    raise Redeliver(1.0, "runs in flight not counted yet") from None
+                return await self._handle(workflow.name, trigger.run_id, decide, redelivered, probably_new=True)
+        except BaseException:
+            if admitted and in_flight is not None:
+                in_flight.withdraw(trigger.tenant, trigger.run_id)
+            raise
 
-    async def on_run_changed(self, workflow_name: str, run_id: str, redelivered: bool) -> RunState | None:
-        """Another service recorded something on the run (an attempt outcome): decide what follows."""
+    async def on_run_changed(
+        self, workflow_name: str, run_id: str, redelivered: bool, delivered: Delivered | None = None
+    ) -> RunState | None:
+        """Another service recorded something on the run (an attempt outcome): decide what follows.
+        `delivered` is that record and its stream sequence, when the caller has them."""
         workflow = self._workflow(workflow_name)
 
         def decide(state: RunState | None) -> Sequence[Message]:
             return [] if state is None else self._engine.advance(state, workflow, None)
 
-        return await self._handle(workflow_name, run_id, decide, redelivered)
+        return await self._handle(workflow_name, run_id, decide, redelivered, delivered)
 
     async def on_timer(self, timer: TimerFired, redelivered: bool) -> RunState | None:
         workflow = self._workflow(timer.workflow)
@@ -110,10 +152,12 @@ class Router:
         run_id: str,
         decide: Callable[[RunState | None], Sequence[Message]],
         redelivered: bool,
+        delivered: Delivered | None = None,
+        probably_new: bool = False,
     ) -> RunState | None:
         with bound_context(run_id=run_id, workflow=workflow):
             async with self._runs.lock(run_id):
-                done = await self._runs.transact(workflow, run_id, decide)
+                done = await self._transact(workflow, run_id, decide, delivered, probably_new)
                 state = done.after
                 if state is None:
                     return None
@@ -123,10 +167,47 @@ class Router:
                     # after a conflict, which may hide our own stored-but-unacknowledged append.
                     for effect in self._engine.effects(state):
                         await self._publish(effect)
-                    await self._put_view(state.view())
+                    # Written at once when the run appears, changes status, or may have missed a write
+                    # (redelivered, conflicted); progress within a status may be coalesced (views.py).
+                    before = done.before
+                    urgent = before is None or before.status != state.status or not done.appended
+                    await self._put_view(state.view(), urgent)
                 if done.appended:
                     self._observe(done.before, state)
                 return state
+
+    async def _transact(
+        self, workflow: str, run_id: str, decide: Decide, delivered: Delivered | None, probably_new: bool = False
+    ) -> Transaction:
+        try:
+            return await self._runs.transact(workflow, run_id, decide, delivered, probably_new)
+        except NatsError as exc:
+            if not refused_as_too_large(exc):
+                raise
+            # The stream refuses an event this decision needs, so retrying can never succeed: the run is
+            # blocked with the reason instead of its message failing until it is dead-lettered.
+            return await self._runs.transact(workflow, run_id, self._too_large_to_store(decide))
+
+    def _too_large_to_store(self, decide: Decide) -> Decide:
+        """What to store instead of a decision the event stream refused as too large."""
+        limit = self._max_message_bytes
+
+        def instead(state: RunState | None) -> Sequence[Message]:
+            events = list(decide(state))  # decisions are pure: the same one again, to say what did not fit
+            if not events or (state is not None and state.terminal):
+                return []
+            size, largest = max(((len(encode(e)), e) for e in events), key=lambda pair: pair[0])
+            what = largest.type + (f" of step {largest.step_id}" if largest.step_id else "")
+            why = (
+                f"limit max_message_bytes exceeded: {what} is {size} bytes and the event stream refused it "
+                f"(KEEL_MAX_MESSAGE_BYTES is {limit})"
+            )
+            if state is None:
+                raise ContractViolation("too_large", f"{why}; no run started")
+            hit = CapHit("max_message_bytes", limit, size, why)
+            return [self._engine.blocked(state, hit, "not storing it", largest.step_id, events[0].causation_id)]
+
+        return instead
 
     @staticmethod
     def _observe(before: RunState | None, after: RunState) -> None:

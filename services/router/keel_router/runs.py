@@ -1,7 +1,10 @@
 """Loading runs from the event stream and storing their transitions, one writer at a time per run.
 
 A run's state is cached after it is folded; before every decision the events stored since the cached
-sequence are read and folded in, so the cache can be stale but never wrong. Appends carry the run's
+sequence are read and folded in, so the cache can be stale but never wrong. One read is skipped: when
+the event that woke the router sits at the very next stream sequence after the cached state, nothing
+can have been stored in between, so it is folded in as delivered (a run stepping on its own, with
+nothing interleaved, costs no read). Appends carry the run's
 last sequence: if anyone wrote in between, the append is refused, the run re-read and the decision
 made again.
 """
@@ -9,7 +12,7 @@ made again.
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode_event
@@ -21,6 +24,9 @@ from keel_shared.logging import get_logger
 log = get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
+
+#: The stream sequence of an event a consumer was handed, and the event.
+Delivered = tuple[int | None, Message]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class RunRepository:
         self._cache: OrderedDict[str, RunState] = OrderedDict()
         self._cache_size = cache_size
         self._locks: dict[str, asyncio.Lock] = {}
+        # The last sequence stored under a run that has no state yet, when it is not 0: what its first
+        # append is checked against.
+        self._unstarted: dict[str, int] = {}
 
     def lock(self, run_id: str) -> asyncio.Lock:
         """Serialises this process's decisions on one run (other processes are held off by the
@@ -63,20 +72,35 @@ class RunRepository:
     def forget(self, run_id: str) -> None:
         self._cache.pop(run_id, None)
 
-    async def load(self, workflow: str, run_id: str) -> RunState | None:
+    async def load(self, workflow: str, run_id: str, delivered: Delivered | None = None) -> RunState | None:
         cached = self._cache.get(run_id)
+        if cached is not None and delivered is not None and delivered[0] == cached.last_seq + 1:
+            folded = apply(cached, delivered[0], delivered[1])
+            if folded is not None:
+                self._remember(folded)
+            return folded
         after = cached.last_seq if cached else 0
         state = cached
+        last = after
         for stored in await self._store.read(s.run_filter(workflow, run_id), after_seq=after):
+            last = stored.seq
             try:
                 event = decode_event(stored.data)
             except ContractViolation as exc:
-                # Stored events are immutable: one this version cannot read is skipped, not fatal.
+                # Stored events are immutable: one this version cannot read is skipped, not fatal. Its
+                # sequence still counts: the run's next append is checked against the last one stored.
                 log.warning("unreadable_event", seq=stored.seq, subject=stored.subject, reason=exc.reason)
+                state = None if state is None else replace(state, last_seq=stored.seq)
                 continue
             state = apply(state, stored.seq, event)
         if state is not None:
             self._remember(state)
+            self._unstarted.pop(run_id, None)
+        elif last:
+            # Events stored before the run started (anyone can name a run: its id follows from the intent).
+            if len(self._unstarted) > self._cache_size:
+                self._unstarted.clear()
+            self._unstarted[run_id] = last
         return state
 
     def _remember(self, state: RunState) -> None:
@@ -90,16 +114,36 @@ class RunRepository:
         workflow: str,
         run_id: str,
         decide: Callable[[RunState | None], Sequence[Message]],
+        delivered: Delivered | None = None,
+        probably_new: bool = False,
     ) -> Transaction:
-        """Decide on the current state and store the decision (see `Transaction`)."""
+        """Decide on the current state and store the decision (see `Transaction`). `delivered` is the
+        event (and its stream sequence) that asked for the decision, if one did.
+
+        `probably_new` (a trigger) skips the first read of a run this process knows nothing about and
+        decides as if it had no events: the append then carries "no events yet" as its sequence check,
+        so a run that does exist refuses it, and the loop reads the run and decides again.
+        """
         conflicted = False
+        guess = probably_new and run_id not in self._cache and run_id not in self._unstarted
         for _ in range(MAX_CONFLICT_RETRIES):
-            state = await self.load(workflow, run_id)
-            events = list(decide(state))
-            if not events:
-                return Transaction(state, state, conflicted)
+            if guess:
+                state = None
+                try:
+                    events = list(decide(state))
+                except Exception:
+                    # Refused as a new run (a limit, say): the refusal must be about the run as stored.
+                    events = []
+                guess = False
+                if not events:
+                    continue
+            else:
+                state = await self.load(workflow, run_id, None if conflicted else delivered)
+                events = list(decide(state))
+                if not events:
+                    return Transaction(state, state, conflicted)
             try:
-                last_seq = await self._store.append(events, state.last_seq if state else 0)
+                last_seq = await self._store.append(events, state.last_seq if state else self._unstarted.get(run_id, 0))
             except (ConcurrencyConflict, BatchAlreadyStored) as exc:
                 log.info("append_conflict", run_id=run_id, detail=str(exc))
                 conflicted = True

@@ -22,29 +22,20 @@ T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class MemoryClaims:
-    """Create-only claims: the first claim wins (NEW); a claim that was never completed is taken over by
-    the next claimer (the holder died); a completed claim stays DONE."""
+    """Create-only claims: the first claim wins (NEW); any later claim takes it over (TAKEN_OVER) and
+    learns who held it before."""
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
-        self.completions: list[tuple[str, str, int]] = []
 
     async def claim(self, dedupe_key: str, holder: str) -> Claim:
         entry = self.entries.get(dedupe_key)
         if entry is None:
             self.entries[dedupe_key] = {"state": "running", "holder": holder, "revision": 1}
             return Claim(dedupe_key, ClaimState.NEW, 1)
-        if entry["state"] == "done":
-            return Claim(dedupe_key, ClaimState.DONE, entry["revision"], entry["holder"])
         previous = entry["holder"]
         entry.update(holder=holder, revision=entry["revision"] + 1)
         return Claim(dedupe_key, ClaimState.TAKEN_OVER, entry["revision"], previous)
-
-    async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None:
-        entry = self.entries[claim.key]
-        assert entry["revision"] == claim.revision, "completing a claim that changed hands"
-        entry.update(state="done", holder=holder, revision=entry["revision"] + 1, outcome_seq=outcome_seq)
-        self.completions.append((claim.key, holder, outcome_seq))
 
     def state_of(self, dedupe_key: str) -> str | None:
         entry = self.entries.get(dedupe_key)

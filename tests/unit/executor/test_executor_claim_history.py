@@ -35,12 +35,3 @@ def test_history_is_bounded():
 
     assert len(value["history"]) == MAX_HISTORY
     assert value["history"][-1]["holder"] == f"ex-{MAX_HISTORY + 9}"
-
-
-def test_the_outcome_kept_in_a_done_claim_is_not_copied_into_history():
-    done = doc(_value("done", "ex-1", None, outcome_seq=7, outcome={"type": "step_succeeded"}))
-    later = doc(_value("running", "ex-2", done))
-
-    assert done["outcome"] == {"type": "step_succeeded"}
-    assert "outcome" not in later["history"][0]
-    assert "outcome" not in describe_claim(done)

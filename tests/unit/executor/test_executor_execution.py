@@ -20,7 +20,7 @@ from keel_executor.tools.registry import ToolRegistry
 MakeCommand = Callable[..., ExecuteStep]
 
 
-async def test_success_records_step_succeeded_and_completes_the_claim(
+async def test_success_records_step_succeeded_under_the_outcome_dedupe_key(
     executor: Executor, make_command: MakeCommand, claims: MemoryClaims, outcomes: MemoryOutcomes, calls: ToolCalls
 ):
     cmd = make_command(input={"amount": 5})
@@ -43,8 +43,8 @@ async def test_success_records_step_succeeded_and_completes_the_claim(
     assert outcome.actor == "executor:ex-1"
     assert outcomes.events == [outcome]
     assert result.outcome_seq == 42
-    assert claims.state_of(cmd.dedupe_key) == "done"
-    assert claims.completions == [(cmd.dedupe_key, "ex-1", 42)]
+    # The outcome is the record of completion: the claim is not written again.
+    assert claims.state_of(cmd.dedupe_key) == "running"
     assert len(calls.calls) == 1
     ctx, data = calls.calls[0]
     assert data == {"amount": 5}
@@ -87,7 +87,6 @@ async def test_a_tool_raising_a_typed_error_records_step_failed_with_that_class(
     assert outcome.body.message == str(exc)
     assert outcome.dedupe_key == outcome_key(cmd)
     assert outcomes.events == [outcome]
-    assert claims.state_of(cmd.dedupe_key) == "done"
 
 
 async def test_a_tool_raising_its_own_timeout_error_fails_with_class_timeout(
@@ -148,7 +147,6 @@ async def test_a_tool_that_runs_past_its_timeout_fails_with_class_timeout(
     assert outcome.body.error_class is ErrorClass.TIMEOUT
     assert outcome.body.error_type == "StepTimeoutError"
     assert "test.hangs did not finish within 0.01s" in outcome.body.message
-    assert claims.state_of(cmd.dedupe_key) == "done"
 
 
 @pytest.mark.parametrize("output", [["a", "list"], "text", None, 3])
@@ -179,10 +177,9 @@ async def test_an_unknown_tool_is_a_permanent_failure_naming_the_known_tools(
     assert outcome.body.error_type == "UnknownToolError"
     assert "'billing.refund'" in outcome.body.message
     assert "test.echo" in outcome.body.message
-    assert claims.state_of(cmd.dedupe_key) == "done"
 
 
-async def test_a_command_whose_claim_is_done_is_not_run_again_and_records_nothing(
+async def test_a_redelivered_finished_command_is_not_run_again_and_records_nothing(
     executor: Executor, make_command: MakeCommand, outcomes: MemoryOutcomes, calls: ToolCalls
 ):
     cmd = make_command()
@@ -191,9 +188,9 @@ async def test_a_command_whose_claim_is_done_is_not_run_again_and_records_nothin
 
     again = await executor.execute(cmd)
 
-    assert again.claim_state is ClaimState.DONE
+    assert again.claim_state is ClaimState.TAKEN_OVER
     assert again.outcome is None
-    assert again.outcome_seq is None
+    assert again.outcome_seq == 42
     assert len(calls.calls) == 1
     assert len(outcomes.events) == 1
 
@@ -208,7 +205,7 @@ async def test_a_taken_over_claim_whose_outcome_was_recorded_completes_without_r
 ):
     cmd = make_command()
     # A previous executor claimed the command, ran the tool and recorded the outcome, then died before
-    # completing the claim.
+    # acking the command.
     await claims.claim(cmd.dedupe_key, "ex-dead")
     recorded = StepSucceeded(
         run_id=cmd.run_id,
@@ -230,8 +227,6 @@ async def test_a_taken_over_claim_whose_outcome_was_recorded_completes_without_r
     assert result.outcome_seq == recorded_seq
     assert calls.calls == []
     assert len(outcomes.events) == 1
-    assert claims.state_of(cmd.dedupe_key) == "done"
-    assert claims.completions == [(cmd.dedupe_key, "ex-2", recorded_seq)]
 
 
 async def test_a_taken_over_claim_without_an_outcome_runs_the_tool_again_with_the_same_idempotency_key(
@@ -251,7 +246,6 @@ async def test_a_taken_over_claim_without_an_outcome_runs_the_tool_again_with_th
     assert isinstance(result.outcome, StepSucceeded)
     assert calls.keys == ["refund-ch_1"]
     assert len(outcomes.events) == 1
-    assert claims.state_of(cmd.dedupe_key) == "done"
 
 
 async def test_a_payload_matching_its_approval_runs(executor: Executor, make_command: MakeCommand, calls: ToolCalls):

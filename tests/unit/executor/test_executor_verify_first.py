@@ -12,7 +12,7 @@ from pydantic import JsonValue
 from keel_contracts.commands import ExecuteStep, VerifySpec
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import StepFailed, StepSucceeded
-from keel_executor.claims import Claim, ClaimState
+from keel_executor.claims import ClaimState
 from keel_executor.errors import AuthError, TransientError, UnknownOutcomeError
 from keel_executor.execution import Executor
 from keel_executor.tools.registry import ToolContext, ToolRegistry
@@ -286,107 +286,3 @@ async def test_a_failure_without_retry_after_reports_none(
 
     assert isinstance(result.outcome, StepFailed)
     assert result.outcome.body.retry_after_seconds is None
-
-
-# --- a done command that comes back -------------------------------------------------------------------
-
-
-class RememberingClaims(MemoryClaims):
-    """MemoryClaims that keeps the outcome a claim is completed with, as the KV claims do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.remembered: dict[str, bytes | None] = {}
-
-    async def claim(self, dedupe_key: str, holder: str) -> Claim:
-        claim = await super().claim(dedupe_key, holder)
-        if claim.state is ClaimState.DONE:
-            return Claim(claim.key, claim.state, claim.revision, claim.previous_holder, self.remembered.get(claim.key))
-        return claim
-
-    async def complete(self, claim: Claim, holder: str, outcome_seq: int) -> None:
-        await super().complete(claim, holder, outcome_seq)
-        self.remembered[claim.key] = claim.outcome
-
-
-class ForgetfulOutcomes(MemoryOutcomes):
-    def forget_all(self) -> None:
-        self._seq_of.clear()
-
-
-async def test_a_done_command_re_reports_its_first_outcome_only_when_the_stream_lost_it(
-    make_command: MakeCommand, tmp_path
-):
-    claims, outcomes = RememberingClaims(), ForgetfulOutcomes()
-    system = FakeSystem([{"id": "re_7"}])
-    executor = Executor(registry(system), claims, outcomes, "ex-1", str(tmp_path))
-    cmd = command(make_command)
-    first = await executor.execute(cmd)
-    assert isinstance(first.outcome, StepSucceeded)
-
-    # Redelivered while the outcome is on the stream: nothing at all happens.
-    again = await executor.execute(cmd)
-    assert (again.claim_state, again.outcome, again.outcome_seq) == (ClaimState.DONE, None, None)
-    assert len(outcomes.events) == 1
-
-    # The stream lost it: the very same event is recorded again, and the tool does not run.
-    outcomes.forget_all()
-    rereported = await executor.execute(cmd)
-    assert rereported.claim_state is ClaimState.DONE
-    assert rereported.outcome == first.outcome
-    assert outcomes.events == [first.outcome, first.outcome]
-    assert len(system.write_calls) == 1
-
-
-async def test_a_done_command_without_a_kept_outcome_does_nothing(
-    executor: Executor, make_command: MakeCommand, outcomes: MemoryOutcomes
-):
-    cmd = make_command()
-    await executor.execute(cmd)
-
-    again = await executor.execute(cmd)
-
-    assert again.outcome is None
-    assert len(outcomes.events) == 1
-
-
-# --- a tool whose own read-back has no way to look this write up --------------------------------------
-
-
-def write_without_lookup(system: FakeSystem) -> ToolRegistry:
-    from keel_executor.errors import NoReadBack
-
-    async def write(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        return await system.write(ctx, data)
-
-    async def cannot(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        raise NoReadBack("no lookup configured")
-
-    write.verify = cannot  # type: ignore[attr-defined]
-    return ToolRegistry({"test.write": write})
-
-
-async def test_no_read_back_leaves_the_unknown_outcome_as_reported(
-    make_executor: Callable[..., Executor], make_command: MakeCommand
-):
-    system = FakeSystem([lost()])
-
-    result = await make_executor(write_without_lookup(system)).execute(command(make_command))
-
-    assert isinstance(result.outcome, StepFailed)
-    assert result.outcome.body.error_class is ErrorClass.UNKNOWN_OUTCOME
-    assert result.outcome.body.message == str(lost())
-    assert len(system.write_calls) == 1
-
-
-async def test_no_read_back_on_takeover_resends_under_the_same_key(
-    make_executor: Callable[..., Executor], make_command: MakeCommand, claims: MemoryClaims
-):
-    system = FakeSystem([{"id": "re_8"}])
-    cmd = command(make_command)
-    await claims.claim(cmd.dedupe_key, "ex-dead")
-
-    result = await make_executor(write_without_lookup(system), "ex-2").execute(cmd)
-
-    assert isinstance(result.outcome, StepSucceeded)
-    assert [key for key, _ in system.write_calls] == ["refund-1"]

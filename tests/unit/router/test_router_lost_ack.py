@@ -59,7 +59,7 @@ async def test_effects_are_published_when_our_own_append_was_stored_but_its_ack_
     async def publish(effect: Effect) -> None:
         published.append(effect)
 
-    async def put_view(view: RunView) -> None:
+    async def put_view(view: RunView, urgent: bool) -> None:
         views.append(view)
 
     router = Router(

@@ -54,19 +54,25 @@ def _int(data: dict[str, JsonValue], field: str) -> int:
         raise PermanentError(f"{field} must be an integer, got {value!r}") from None
 
 
-async def _find(ctx: ToolContext, path: str, key: str) -> dict[str, JsonValue]:
-    """A verify read-back: the record a write with idempotency key `key` created, if any."""
+#: What a write adapter returns for the record it created, from the system's JSON for that record.
+Output = Callable[[dict[str, Any]], dict[str, JsonValue]]
+
+
+async def _find(ctx: ToolContext, path: str, key: str, output: Output) -> dict[str, JsonValue]:
+    """A verify read-back: the record a write with idempotency key `key` created, if any, in the shape the
+    write itself returns. A found record becomes the step's output, so a write whose answer was lost must
+    give the workflow the same fields, with the same values, as one that was answered."""
     items = (await request(ctx, "GET", path, params={"idempotency_key": key}))["items"]
-    return {"found": bool(items), "record": items[0] if items else None}
+    return {"found": bool(items), "record": output(items[0]) if items else None}
 
 
 def _with_verify(
-    tool: Callable[[ToolContext, dict[str, JsonValue]], Awaitable[dict[str, JsonValue]]], path: str
+    tool: Callable[[ToolContext, dict[str, JsonValue]], Awaitable[dict[str, JsonValue]]], path: str, output: Output
 ) -> None:
     """Give a write adapter its own read-back: look the write up by the attempt's idempotency key."""
 
     async def verify(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        return await _find(ctx, path, ctx.idempotency_key)
+        return await _find(ctx, path, ctx.idempotency_key, output)
 
     tool.verify = verify  # type: ignore[attr-defined]
 
@@ -115,10 +121,14 @@ async def tickets_create(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[s
             "reporter": str(reporter or "unknown"),
         },
     )
+    return _ticket_output(ticket)
+
+
+def _ticket_output(ticket: dict[str, Any]) -> dict[str, JsonValue]:
     return {"id": ticket["key"], "key": ticket["key"], "ticket_id": ticket["id"], "status": ticket["status"]}
 
 
-_with_verify(tickets_create, "/tickets")
+_with_verify(tickets_create, "/tickets", _ticket_output)
 
 
 # --- billing ---------------------------------------------------------------------------------------------
@@ -141,16 +151,20 @@ async def billing_refund(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[s
     body: dict[str, Any] = {"charge_id": _int(data, "charge_id"), "amount_cents": _int(data, "amount_cents")}
     if "reason" in data:
         body["reason"] = data["reason"]
-    refund = await request(ctx, "POST", "/billing/refunds", body=body)
+    return _refund_output(await request(ctx, "POST", "/billing/refunds", body=body))
+
+
+def _refund_output(refund: dict[str, Any]) -> dict[str, JsonValue]:
     return {k: refund[k] for k in ("id", "charge_id", "amount_cents", "currency", "status", "reason")}
 
 
-_with_verify(billing_refund, "/billing/refunds")
+_with_verify(billing_refund, "/billing/refunds", _refund_output)
 
 
 async def billing_find_refund(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
     """Verify read-back of a refund: `{idempotency_key}` -> `{found, record}`."""
-    return await _find(ctx, "/billing/refunds", str(data.get("idempotency_key", ctx.idempotency_key)))
+    key = str(data.get("idempotency_key", ctx.idempotency_key))
+    return await _find(ctx, "/billing/refunds", key, _refund_output)
 
 
 # --- access ----------------------------------------------------------------------------------------------
@@ -177,13 +191,17 @@ async def access_grant(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str
     for field in ("reason", "approval_ref"):
         if data.get(field) is not None:
             body[field] = data[field]
-    grant = await request(ctx, "POST", "/access/grants", body=body)
+    return _grant_output(await request(ctx, "POST", "/access/grants", body=body))
+
+
+def _grant_output(grant: dict[str, Any]) -> dict[str, JsonValue]:
     return {k: grant[k] for k in ("id", "user", "system", "role", "active")}
 
 
-_with_verify(access_grant, "/access/grants")
+_with_verify(access_grant, "/access/grants", _grant_output)
 
 
 async def access_find_grant(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue]:
     """Verify read-back of a grant: `{idempotency_key}` -> `{found, record}`."""
-    return await _find(ctx, "/access/grants", str(data.get("idempotency_key", ctx.idempotency_key)))
+    key = str(data.get("idempotency_key", ctx.idempotency_key))
+    return await _find(ctx, "/access/grants", key, _grant_output)

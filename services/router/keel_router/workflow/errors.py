@@ -44,7 +44,14 @@ class Problem:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return f"{where}: {self.field}: {self.message}"
+        return printable(f"{where}: {self.field}: {self.message}")
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable escaped (`\\n`, `\\x1b`, `\\u202e`): a field
+    name or value quoted from a file can then neither start a line of its own nor reorder or recolour the
+    terminal it is printed on."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class WorkflowError(Exception):

@@ -240,8 +240,16 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Index, Mark]:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
         raise fail_at(file, mark, "<document>", f"invalid YAML: {message}") from exc
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (NUL, most control characters, a lone surrogate): the reader
+        # knows only its offset in the text, so the line and column are counted here.
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = f"invalid YAML: character #x{char:04x}: {exc.reason}"
+        raise WorkflowError([Problem(file, line, column, "<document>", message)]) from exc
     except yaml.YAMLError as exc:
-        raise fail_at(file, None, "<document>", f"invalid YAML: {exc}") from exc
+        raise fail_at(file, None, "<document>", f"invalid YAML: {' '.join(str(exc).split())}") from exc
     index: Index = {}
     _index(node, (), index)
     bad = [

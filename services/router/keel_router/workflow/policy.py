@@ -6,12 +6,12 @@ from the listed role even if the workflow has no approval step for it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from .loader import MAX_FILE_BYTES, fail_at, read_text, validate_text
 from .models import ActionClass, Step, Token, ToolStep
@@ -123,7 +123,9 @@ def check_caps(counters: RunCounters, policy: Policy) -> CapHit | None:
 
 
 def json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    """Bytes of the compact UTF-8 JSON of `value` (pydantic's serializer: checked before every step, and
+    several times faster than `json.dumps`)."""
+    return len(to_json(value))
 
 
 def check_payload(value: Any, policy: Policy) -> str | None:
@@ -138,7 +140,8 @@ def check_run_data(data: Any, policy: Policy) -> CapHit | None:
     size = json_size(data)
     limit = policy.limits.max_run_data_bytes
     if size > limit:
-        return CapHit("max_run_data_bytes", limit, size, f"run data is {size} bytes; limit is {limit}")
+        why = f"limit max_run_data_bytes exceeded: run data is {size} bytes, limit {limit}"
+        return CapHit("max_run_data_bytes", limit, size, why)
     return None
 
 

@@ -1,0 +1,138 @@
+"""When the router may skip reading a run before deciding, and that skipping never decides wrongly."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from keel_contracts.codec import decode_event, encode
+from keel_contracts.envelope import Message
+from keel_contracts.events import StepSucceeded, StepSucceededBody
+from keel_contracts.runs import RunStatus, RunView
+from keel_router.catalog import WorkflowCatalog
+from keel_router.engine import Effect, Engine
+from keel_router.router import Router
+from keel_router.runs import RunRepository
+from keel_router.workflow.loader import load_workflow_text
+from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
+from keel_shared.triggers import build_trigger
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+WORKFLOW = load_workflow_text(
+    """
+name: two
+steps:
+  - {id: one, kind: tool, tool: demo.echo}
+  - {id: two, kind: tool, tool: demo.echo}
+""",
+    "two.yaml",
+)
+
+
+class CountingStore:
+    """One stream (sequences shared by every run, as in KEEL_EVENTS) that counts reads."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, StoredEvent]] = []
+        self.reads = 0
+
+    def last_of(self, run_id: str) -> int:
+        return max((e.seq for r, e in self.events if r == run_id), default=0)
+
+    async def read(self, subject_filter: str, after_seq: int = 0, batch: int = 256) -> list[StoredEvent]:
+        self.reads += 1
+        run_id = subject_filter.split(".")[3]
+        return [e for r, e in self.events if r == run_id and e.seq > after_seq]
+
+    def store(self, message: Message) -> int:
+        seq = len(self.events) + 1
+        self.events.append((message.run_id, StoredEvent(seq, f"keel.run.two.{message.run_id}.x", encode(message))))
+        return seq
+
+    async def append(self, messages: Sequence[Message], expected_last_seq: int) -> int:
+        if expected_last_seq != self.last_of(messages[0].run_id):
+            raise ConcurrencyConflict("wrong last sequence")
+        return [self.store(m) for m in messages][-1]
+
+
+def outcome_of(effect: Effect) -> StepSucceeded:
+    cmd = effect.message
+    return StepSucceeded(
+        run_id=cmd.run_id,
+        workflow=cmd.workflow,
+        step_id=cmd.step_id,
+        attempt=cmd.attempt,
+        correlation_id=cmd.correlation_id,
+        causation_id=cmd.id,
+        actor="executor:ex-1",
+        dedupe_key=f"{cmd.dedupe_key}:outcome",
+        body=StepSucceededBody(tool="demo.echo", output={}, started_at=T0, finished_at=T0, executor_id="ex-1"),
+    )
+
+
+def make_router(store: CountingStore) -> tuple[Router, list[Effect]]:
+    published: list[Effect] = []
+
+    async def publish(effect: Effect) -> None:
+        published.append(effect)
+
+    async def put_view(view: RunView, urgent: bool) -> None:
+        return None
+
+    router = Router(
+        WorkflowCatalog.of({"two": WORKFLOW}),
+        RunRepository(store),  # type: ignore[arg-type]
+        Engine(lambda: T0),
+        publish,
+        put_view,
+    )
+    return router, published
+
+
+async def test_a_trigger_for_a_run_nobody_has_seen_starts_it_without_a_read() -> None:
+    store = CountingStore()
+    router, _ = make_router(store)
+
+    state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+
+    assert state is not None and state.status is RunStatus.RUNNING
+    assert store.reads == 0
+
+
+async def test_a_trigger_for_a_run_that_exists_elsewhere_joins_it_after_the_refused_guess() -> None:
+    store = CountingStore()
+    elsewhere, _ = make_router(store)
+    await elsewhere.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+    router, _ = make_router(store)  # another process: an empty cache
+
+    state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+
+    assert state is not None and len(state.triggers) == 2
+    assert [decode_event(e.data).type for _, e in store.events].count("run_started") == 1
+
+
+async def test_an_outcome_at_the_next_sequence_is_folded_in_as_delivered() -> None:
+    store = CountingStore()
+    router, published = make_router(store)
+    started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+    assert started is not None
+    outcome = outcome_of(published[-1])
+    seq = store.store(outcome)
+
+    state = await router.on_run_changed("two", started.run_id, False, delivered=(seq, outcome))
+
+    assert store.reads == 0
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "two"
+
+
+async def test_an_outcome_after_a_gap_is_decided_on_a_fresh_read() -> None:
+    store = CountingStore()
+    router, published = make_router(store)
+    started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+    assert started is not None
+    store.store(outcome_of(published[-1]).model_copy(update={"run_id": "someone-else"}))  # another run's event
+    outcome = outcome_of(published[-1])
+    seq = store.store(outcome)
+
+    state = await router.on_run_changed("two", started.run_id, False, delivered=(seq, outcome))
+
+    assert store.reads == 1
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "two"
