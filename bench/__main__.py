@@ -43,6 +43,11 @@ def report(result: dict[str, Any]) -> str:
             f"{r['w_latency_vs_floor']:.1f}x floor",
         ),
         ("Keel per-step overhead (p50 / 3)", f"{k['w_latency']['p50_ms'] / 3:.2f} ms", ""),
+        (
+            "CPU per W run at 200 in flight",
+            ", ".join(f"{label} {ms:.1f} ms" for label, ms in k["w_cpu_ms_per_run"].items()),
+            "",
+        ),
     ]
     one_executor = k["wio_runs_per_s"]["1"]
     for n, rate in k["wio_runs_per_s"].items():
@@ -82,7 +87,7 @@ def report(result: dict[str, Any]) -> str:
 async def main(scale: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, NatsServer(Path(tmp) / "nats") as server:
         floor_result = await floor.measure(server.url, scale)
-        keel_result = await keel_side.measure(server.url, Path(tmp) / "keel", scale)
+        keel_result = await keel_side.measure(server.url, Path(tmp) / "keel", scale, server.pid)
     ratios = {
         "w_throughput_vs_floor": keel_result["w_runs_per_s"] / floor_result["w_runs_per_s"],
         "w_latency_vs_floor": keel_result["w_latency"]["p50_ms"] / floor_result["w_latency"]["p50_ms"],

@@ -2,6 +2,7 @@
 speed, idle memory."""
 
 import asyncio
+import os
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 #: Tool calls one executor process runs at once in W-io. Low enough that one executor, not the CPU the
 #: router and the server need, is what limits W-io on a 2-core machine: the figure then shows what
 #: another executor process adds, which is the question W-io asks.
-WIO_EXECUTOR_CONCURRENCY = 4
+WIO_EXECUTOR_CONCURRENCY = 2
 #: The audit seals a segment at least this often in the bench, so its lag measures how far behind it
 #: reads rather than how long it waits to fill a segment (production default: 60 s or 1,024 records).
 AUDIT_SEGMENT_SECONDS = 1
@@ -172,6 +173,12 @@ async def verify_speed(url: str, directory: Path) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -179,7 +186,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def measure(url: str, data_dir: Path, scale: float = 1.0) -> dict[str, Any]:
+async def measure(url: str, data_dir: Path, scale: float = 1.0, nats_pid: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     stack = Stack(
         data_dir,
@@ -206,7 +213,15 @@ async def measure(url: str, data_dir: Path, scale: float = 1.0) -> dict[str, Any
             out["w_latency"] = await latency(driver, "bench_w", int(100 * scale), "lat")
             lag = AuditLag(stack.children["audit"].spec.metrics_port)
             lag.start()
-            out["w_runs_per_s"] = await throughput(driver, "bench_w", int(600 * scale), 200, "thr")
+            pids = {label: stack.children[label].proc.pid for label in ("router", "executor")}
+            if nats_pid is not None:
+                pids["nats-server"] = nats_pid
+            before = {label: cpu_seconds(pid) for label, pid in pids.items()}
+            runs = int(600 * scale)
+            out["w_runs_per_s"] = await throughput(driver, "bench_w", runs, 200, "thr")
+            out["w_cpu_ms_per_run"] = {
+                label: round((cpu_seconds(pid) - before[label]) * 1000 / runs, 2) for label, pid in pids.items()
+            }
             await lag.stop()
             out["audit"] = {"peak_lag_events": lag.peak, "catch_up_s": round(await lag.catch_up_seconds(), 3)}
             wio: dict[str, float] = {}

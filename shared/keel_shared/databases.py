@@ -14,11 +14,15 @@ def normalize_db_url(url: str | URL) -> URL:
 
 
 def create_tables(metadata: MetaData, engine: Engine) -> None:
-    """Create `metadata`'s missing tables, tolerating another process that creates them at the same
-    moment: the loser of that race sees "already exists" (SQLite: OperationalError; PostgreSQL: a
-    unique violation in its catalog), and a second pass then finds the tables. Any other problem
-    still fails, on the second pass."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except DatabaseError:
-        metadata.create_all(engine, checkfirst=True)
+    """Create `metadata`'s missing tables, tolerating other processes or threads that create them at the
+    same moment: the loser of a race sees "already exists" (SQLite: OperationalError; PostgreSQL: a
+    unique violation in its catalog), and the next pass finds that table. With several tables and several
+    creators a pass can lose on each table in turn, so there is one pass per table; any other problem
+    still fails, on the last pass."""
+    for _ in range(len(metadata.tables)):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except DatabaseError:
+            continue
+    metadata.create_all(engine, checkfirst=True)

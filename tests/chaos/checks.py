@@ -25,7 +25,7 @@ from keel_contracts.runs import RunStatus, RunView
 from keel_shared.provisioning import durables
 from keel_shared.settings import KeelSettings
 from tests.chaos.workload import Decision, PlannedRun
-from tests.integration.test_audit_service import sealed_through
+from tests.integration.audit_support import sealed_through
 
 #: How many offending runs a failure lists (the counts say how many there were in all).
 SHOWN = 10

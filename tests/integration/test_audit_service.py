@@ -33,6 +33,7 @@ from keel_shared.natsserver import NatsServer
 from keel_shared.provisioning import provision
 from keel_shared.settings import KeelSettings
 from tests.conftest import StackFactory, StackHandle, eventually
+from tests.integration.audit_support import sealed_through
 from tests.integration.router_kit import approval_request, decide_approval, reaches
 
 pytestmark = pytest.mark.integration
@@ -65,11 +66,6 @@ def event_seqs(store: SegmentStore) -> list[int]:
             if record["t"] == "event":
                 seqs.append(record["seq"])
     return seqs
-
-
-def sealed_through(store: SegmentStore) -> int:
-    indices = store.indices()
-    return parse_segment(store.read(indices[-1])).seal.last_seq if indices else 0
 
 
 async def stream_last_seq(nats_url: str) -> int:

@@ -73,10 +73,12 @@ class ViewWriter:
         """Write every pending view now (also what a stopping router does)."""
         batch, self._pending = self._pending, {}
         results = await asyncio.gather(*(self._write_now(v) for v in batch.values()), return_exceptions=True)
-        for view, result in zip(batch.values(), results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("view_write_failed", run_id=view.run_id, error=str(result))
-                # Keep it for the next flush unless a newer view has replaced it meanwhile.
-                self._pending.setdefault(view.run_id, view)
+        failed = [(v, r) for v, r in zip(batch.values(), results, strict=True) if isinstance(r, BaseException)]
+        for view, _ in failed:
+            # Keep it for the next flush unless a newer view has replaced it meanwhile.
+            self._pending.setdefault(view.run_id, view)
+        if failed:
+            # One line per flush, not per run: during an outage every pending run fails every second.
+            log.warning("view_writes_failed", runs=len(failed), error=str(failed[0][1]), retry_in=self._delay)
         if self._pending and (self._flusher is None or self._flusher.done() or self._flusher is asyncio.current_task()):
             self._flusher = asyncio.create_task(self._flush_later())
