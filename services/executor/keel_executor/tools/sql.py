@@ -292,7 +292,9 @@ def _insert(ctx: ToolContext, data: dict[str, JsonValue]) -> dict[str, JsonValue
         primary: dict[str, JsonValue] = {}
         if key is not None:
             primary = {col.name: jsonable(v) for col, v in zip(table.primary_key.columns, key, strict=False)}
-        return {"rowcount": result.rowcount, "primary_key": primary}
+        # One VALUES row is one row inserted. PostgreSQL fetches the key with RETURNING, after which the
+        # driver reports no row count (-1): the answer must not depend on the database.
+        return {"rowcount": 1, "primary_key": primary}
 
     return write_once(engine, ctx, "sql.insert", work)
 
