@@ -8,6 +8,7 @@ for running handlers, then drains the connection; unacked messages are redeliver
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,7 +102,7 @@ class ServiceRuntime:
         async def decoder(msg: Any) -> Any:
             return decode(msg.body)
 
-        return self.broker.subscriber(
+        subscriber = self.broker.subscriber(
             subject,
             stream=JStream(stream, declare=False),
             durable=durable,
@@ -116,6 +117,8 @@ class ServiceRuntime:
             # handler's return value to whatever subject a `reply_to` header names.
             no_reply=True,
         )
+        keep_pulling_through_outages(subscriber)
+        return subscriber
 
     # --- lifecycle -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -150,6 +153,32 @@ class ServiceRuntime:
         finally:
             if self._metrics is not None:
                 self._metrics.stop()
+
+
+def keep_pulling_through_outages(subscriber: Any, max_delay: float = 10.0) -> None:
+    """Make a FastStream pull subscriber wait out a NATS outage instead of spinning.
+
+    Each fetch publishes a pull request; while the server is away the client buffers them, and once its
+    reconnect buffer is full every fetch raises at once. FastStream restarts a failed pull loop
+    immediately and keeps every restarted task, so a long outage became a busy loop whose memory grew
+    without bound. The loop is wrapped here: an error ends it, it is re-entered after a growing delay.
+    """
+    pull = subscriber._consume_pull
+
+    async def resilient(*args: Any, **kwargs: Any) -> Any:
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                return await pull(*args, **kwargs)
+            except Exception as exc:
+                if time.monotonic() - started > 60:
+                    delay = 0.5  # it had been working: this is a new outage
+                log.warning("pull_loop_failed", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+
+    subscriber._consume_pull = resilient
 
 
 def setup(name: str) -> KeelSettings:
