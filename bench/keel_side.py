@@ -197,7 +197,6 @@ async def measure(url: str, data_dir: Path, scale: float = 1.0, nats_pid: int | 
         workflows_dir=WORKFLOWS,
         extra_env={
             "KEEL_LOG_LEVEL": "WARNING",
-            "KEEL_EXECUTOR_CONCURRENCY": str(WIO_EXECUTOR_CONCURRENCY),
             "KEEL_AUDIT_SEGMENT_MAX_AGE_SECONDS": str(AUDIT_SEGMENT_SECONDS),
         },
         settings=KeelSettings(),
@@ -224,6 +223,10 @@ async def measure(url: str, data_dir: Path, scale: float = 1.0, nats_pid: int | 
             }
             await lag.stop()
             out["audit"] = {"peak_lag_events": lag.peak, "catch_up_s": round(await lag.catch_up_seconds(), 3)}
+            # W ran with the default concurrency; W-io's executors run WIO_EXECUTOR_CONCURRENCY calls each.
+            stack.extra_env["KEEL_EXECUTOR_CONCURRENCY"] = str(WIO_EXECUTOR_CONCURRENCY)
+            stack.restart("executor")
+            assert all((await stack.wait_healthy(60)).values())
             wio: dict[str, float] = {}
             for executors in (1, 2, 3):
                 if executors > 1:
