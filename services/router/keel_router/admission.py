@@ -145,21 +145,14 @@ async def project(nc: Client, js: JetStreamContext, runs: RunsInFlight, idle: fl
     """Keep `runs` up to date from the event stream, from its first event on, for as long as it runs.
     It is ready once it has read up to the last counted event stored when it started."""
     target = await _last_counted_seq(nc)
-    last: int | None = None
-    if target:
-        loading = follow(js, s.EVENTS_STREAM, COUNTED_SUBJECTS, start=StartAt.ALL, idle=idle)
-        async with contextlib.aclosing(loading):
-            async for delivered in loading:
-                if delivered is None:
-                    continue
-                _observe(runs, delivered)
-                last = delivered.seq
-                if last >= target:
-                    break
-    runs.caught_up()
-    async for delivered in follow(js, s.EVENTS_STREAM, COUNTED_SUBJECTS, after=last, start=StartAt.ALL, idle=idle):
-        if delivered is not None:
-            _observe(runs, delivered)
+    if not target:
+        runs.caught_up()
+    async for delivered in follow(js, s.EVENTS_STREAM, COUNTED_SUBJECTS, start=StartAt.ALL, idle=idle):
+        if delivered is None:
+            continue
+        _observe(runs, delivered)
+        if delivered.seq >= target:
+            runs.caught_up()
 
 
 async def _last_counted_seq(nc: Client, timeout: float = 5.0) -> int:

@@ -467,7 +467,10 @@ class Engine:
             return too_big
         gate = check_gate(state, workflow, step, payload, self._policy)
         if isinstance(gate, GateClosed):
-            too_big = self._approval_too_big(state, payload, step.id, step.id, causation_id)
+            # The payload's own size was checked just above; what an approver would read is checked here.
+            too_big = blocked_by_approval_payload(
+                self._emit, state, payload, self._max_approval_payload_bytes, step.id, step.id, causation_id
+            )
             if too_big is not None:
                 return too_big
             return request_approval(
