@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stats import summary_ms
 from keel_audit.keyring import KeyringFile
@@ -99,9 +100,10 @@ def _gauge(port: int, name: str) -> float | None:
             text = response.read().decode()
     except OSError:
         return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
     return None
 
 
