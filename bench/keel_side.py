@@ -214,7 +214,8 @@ async def measure(url: str, data_dir: Path, scale: float = 1.0, nats_pid: int | 
             out["w_latency"] = await latency(driver, "bench_w", int(100 * scale), "lat")
             lag = AuditLag(stack.children["audit"].spec.metrics_port)
             lag.start()
-            pids = {label: stack.children[label].proc.pid for label in ("router", "executor")}
+            pids = {label: child.proc.pid for label, child in stack.children.items()}
+            pids["bench driver"] = os.getpid()
             if nats_pid is not None:
                 pids["nats-server"] = nats_pid
             before = {label: cpu_seconds(pid) for label, pid in pids.items()}

@@ -52,15 +52,17 @@ class ExecuteStepBody(Body):
 
 
 class ExecuteStep(Message):
-    """Run one attempt of one tool step. `dedupe_key` names the attempt (run, step, attempt)."""
+    """One attempt of one tool step, as the executor runs it. Not published: the executor reads it from
+    the router's `step_scheduled` event (`keel_contracts.attempts.execute_step_for`, decision 023).
+    `dedupe_key` names the attempt (run, step, visit, attempt) and is what the executor claims."""
 
     type: Literal["execute_step"] = "execute_step"
     body: ExecuteStepBody
 
 
 def execute_message_id(command_id: str) -> str:
-    """The message id of the execute command for one attempt. Deterministic, so a re-published command
-    is the same message, and an outcome (whose causation_id is this id) names exactly its attempt."""
+    """The id of one attempt's `ExecuteStep`. Deterministic, so an outcome (whose causation_id is this
+    id) names exactly its attempt however often the attempt is read."""
     return hashlib.sha256(command_id.encode()).hexdigest()[:32]
 
 

@@ -62,7 +62,8 @@ class StepScheduledBody(Body):
 
 
 class StepScheduled(Message):
-    """The router decided to run a tool step; the matching execute command carries `command_id`."""
+    """The router decided to run an attempt of a tool step: the executors consume this event (decision 023);
+    `command_id` names the attempt (what the executor claims, and what its outcome answers)."""
 
     type: Literal["step_scheduled"] = "step_scheduled"
     body: StepScheduledBody

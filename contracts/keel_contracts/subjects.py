@@ -37,9 +37,10 @@ EXECUTOR_DURABLE: Final = "executor"
 APPROVAL_REQUESTS_DURABLE: Final = "approval-requests"
 ROUTER_COMMANDS_DURABLE: Final = "router-commands"
 
-EXECUTE_ALL: Final = "keel.cmd.executor.execute.>"
 ROUTER_COMMANDS_ALL: Final = "keel.cmd.router.>"
 APPROVAL_REQUESTED_ALL: Final = "keel.run.*.*.router.approval_requested"
+#: What the executor consumes: the router's decision to run an attempt of a tool step (decision 023).
+STEP_SCHEDULED_ALL: Final = "keel.run.*.*.router.step_scheduled"
 
 # Services, used as the emitter token of run events and as the actor of what they publish.
 ROUTER: Final = "router"
@@ -92,10 +93,6 @@ def live_subject(event_subject_: str) -> str:
 
 def trigger_subject(source: str) -> str:
     return f"keel.trigger.{source}"
-
-
-def execute_subject(run_id: str) -> str:
-    return f"keel.cmd.executor.execute.{run_id}"
 
 
 def router_input_subject(run_id: str) -> str:

@@ -4,8 +4,8 @@ For each delivered message, in this order:
 - larger than the limit: dead-letter (`too_large`) and terminate;
 - delivered more often than `max_deliveries` (a poison message that keeps killing or failing its
   handler): dead-letter (`max_deliveries`) and terminate, before the handler sees it again;
-- the handler raises `ContractViolation` or a pydantic `ValidationError` (including FastStream's own
-  argument validation): dead-letter with the reason and terminate;
+- decoding or the handler raises `ContractViolation` or a pydantic `ValidationError`: dead-letter with
+  the reason and terminate;
 - the handler raises `Redeliver`: negative-ack with the delay it asks for;
 - any other exception: logged, negative-ack with a delay growing with the delivery count, so the
   messages behind it keep flowing and a transient fault heals by itself;
@@ -22,8 +22,6 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from faststream import BaseMiddleware
-from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
@@ -37,13 +35,38 @@ from keel_shared.settings import KeelSettings
 log = get_logger(__name__)
 
 
-_CURRENT: ContextVar[NatsMessage] = ContextVar("keel_current_message")
+class Delivery:
+    """One delivered message and how it is settled: ack, negative ack (with a delay), reject (term),
+    or "still working" (in progress). `committed` says it was settled."""
+
+    __slots__ = ("committed", "raw_message")
+
+    def __init__(self, raw: Msg) -> None:
+        self.raw_message = raw
+        self.committed = False
+
+    async def ack(self) -> None:
+        self.committed = True
+        await self.raw_message.ack()
+
+    async def nack(self, delay: float | None = None) -> None:
+        self.committed = True
+        await self.raw_message.nak(delay=delay)
+
+    async def reject(self) -> None:
+        self.committed = True
+        await self.raw_message.term()
+
+    async def in_progress(self) -> None:
+        await self.raw_message.in_progress()
 
 
-def current_message() -> NatsMessage:
-    """The message the running handler was given. Handlers ask for it here rather than as a
-    `NatsMessage` parameter: FastStream resolves such a parameter through its dependency injection,
-    which hops to a worker thread for every message."""
+_CURRENT: ContextVar[Delivery] = ContextVar("keel_current_message")
+
+
+def current_message() -> Delivery:
+    """The message the running handler was given (its stream sequence, headers, delivery count), for
+    handlers whose one argument is the decoded payload."""
     return _CURRENT.get()
 
 
@@ -61,13 +84,12 @@ class Redeliver(Exception):
 
 
 def _classify(exc: ValidationError, data: bytes, limit: int = 5) -> tuple[str, str]:
-    """(reason, detail) for a message FastStream could not bind to the handler's typed argument."""
+    """(reason, detail) for a message that could not be read as the handler's typed argument."""
     try:
         json.loads(data)
     except ValueError as bad:
         return "malformed_json", f"not valid JSON: {bad}"
-    # Locations start with the handler's parameter name, which means nothing to the sender.
-    parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or '(message)'}: {e['msg']}" for e in exc.errors()[:limit]]
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors()[:limit]]
     if exc.error_count() > limit:
         parts.append(f"... and {exc.error_count() - limit} more")
     return "invalid", "; ".join(parts)
@@ -78,80 +100,93 @@ def _classify(exc: ValidationError, data: bytes, limit: int = 5) -> tuple[str, s
 HistoryOf = Callable[[Msg], Awaitable[str | None]]
 
 
-def guard_middleware(
-    service: str,
-    settings: KeelSettings,
-    js_getter: Callable[[], JetStreamContext],
-    history_getter: Callable[[], HistoryOf | None] = lambda: None,
-) -> type[BaseMiddleware]:
-    max_bytes = settings.max_message_bytes
-    max_deliveries = settings.max_deliveries
-    backoff = settings.redelivery_backoff
+class Guard:
+    """Runs one consumer's handler on each delivered message, in the order the module docstring gives."""
 
-    class Guard(BaseMiddleware):
-        async def consume_scope(self, call_next: Callable[[Any], Any], msg: NatsMessage) -> Any:  # type: ignore[override]
-            raw: Msg = msg.raw_message
-            meta = raw.metadata
-            consumer = meta.consumer or "?"
-            delivered = meta.num_delivered or 1
-            started = time.perf_counter()
+    def __init__(
+        self,
+        service: str,
+        consumer: str,
+        settings: KeelSettings,
+        js_getter: Callable[[], JetStreamContext],
+        decode: Callable[[bytes], Any],
+        handler: Callable[[Any], Awaitable[Any]],
+        history_getter: Callable[[], HistoryOf | None] = lambda: None,
+    ) -> None:
+        self._service = service
+        self._consumer = consumer
+        self._max_bytes = settings.max_message_bytes
+        self._max_deliveries = settings.max_deliveries
+        self._backoff = settings.redelivery_backoff
+        self._js = js_getter
+        self._decode = decode
+        self._handler = handler
+        self._history = history_getter
+        self._seconds = HANDLER_SECONDS.labels(service, consumer)
+        self._outcomes = {kind: MESSAGES_HANDLED.labels(service, consumer, kind) for kind in ("ack", "nak")}
 
-            async def refuse(reason: str, detail: str) -> None:
-                await dead_letter(
-                    js_getter(),
-                    service=service,
-                    consumer=consumer,
-                    reason=reason,
-                    detail=detail,
-                    subject=raw.subject,
-                    data=raw.data,
-                    headers=raw.headers,
-                    stream=meta.stream,
-                    stream_seq=meta.sequence.stream if meta.sequence else None,
-                    num_delivered=delivered,
-                )
-                await msg.reject()
-                MESSAGES_HANDLED.labels(service, consumer, "dead_letter").inc()
-
-            token = _CURRENT.set(msg)
+    async def __call__(self, raw: Msg) -> None:
+        msg = Delivery(raw)
+        delivered = raw.metadata.num_delivered or 1
+        started = time.perf_counter()
+        token = _CURRENT.set(msg)
+        try:
             with bound_context(subject=raw.subject, delivery=delivered):
-                try:
-                    if len(raw.data) > max_bytes:
-                        await refuse("too_large", f"message is {len(raw.data)} bytes, the limit is {max_bytes}")
-                        return None
-                    if delivered > max_deliveries:
-                        detail = f"delivered {delivered} times without being handled"
-                        history = await _history(history_getter(), raw)
-                        await refuse("max_deliveries", f"{detail}; history:\n{history}" if history else detail)
-                        return None
-                    try:
-                        result = await call_next(msg)
-                    except ContractViolation as exc:
-                        await refuse(exc.reason, exc.detail)
-                        return None
-                    except ValidationError as exc:
-                        await refuse(*_classify(exc, raw.data))
-                        return None
-                    except Redeliver as exc:
-                        await msg.nack(delay=exc.delay)
-                        MESSAGES_HANDLED.labels(service, consumer, "nak").inc()
-                        log.info("redeliver", why=str(exc), delay=exc.delay)
-                        return None
-                    except Exception:
-                        delay = backoff[min(delivered - 1, len(backoff) - 1)]
-                        log.exception("handler_failed", retry_in=delay)
-                        await msg.nack(delay=delay)
-                        MESSAGES_HANDLED.labels(service, consumer, "nak").inc()
-                        return None
-                    if not msg.committed:
-                        await msg.ack()
-                    MESSAGES_HANDLED.labels(service, consumer, "ack").inc()
-                    return result
-                finally:
-                    HANDLER_SECONDS.labels(service, consumer).observe(time.perf_counter() - started)
-                    _CURRENT.reset(token)
+                await self._guarded(msg, raw, delivered)
+        finally:
+            self._seconds.observe(time.perf_counter() - started)
+            _CURRENT.reset(token)
 
-    return Guard
+    async def _guarded(self, msg: Delivery, raw: Msg, delivered: int) -> None:
+        if len(raw.data) > self._max_bytes:
+            await self._refuse(msg, "too_large", f"message is {len(raw.data)} bytes, the limit is {self._max_bytes}")
+            return
+        if delivered > self._max_deliveries:
+            detail = f"delivered {delivered} times without being handled"
+            history = await _history(self._history(), raw)
+            await self._refuse(msg, "max_deliveries", f"{detail}; history:\n{history}" if history else detail)
+            return
+        try:
+            await self._handler(self._decode(raw.data))
+        except ContractViolation as exc:
+            await self._refuse(msg, exc.reason, exc.detail)
+            return
+        except ValidationError as exc:
+            await self._refuse(msg, *_classify(exc, raw.data))
+            return
+        except Redeliver as exc:
+            await msg.nack(delay=exc.delay)
+            self._outcomes["nak"].inc()
+            log.info("redeliver", why=str(exc), delay=exc.delay)
+            return
+        except Exception:
+            delay = self._backoff[min(delivered - 1, len(self._backoff) - 1)]
+            log.exception("handler_failed", retry_in=delay)
+            await msg.nack(delay=delay)
+            self._outcomes["nak"].inc()
+            return
+        if not msg.committed:
+            await msg.ack()
+        self._outcomes["ack"].inc()
+
+    async def _refuse(self, msg: Delivery, reason: str, detail: str) -> None:
+        raw = msg.raw_message
+        meta = raw.metadata
+        await dead_letter(
+            self._js(),
+            service=self._service,
+            consumer=self._consumer,
+            reason=reason,
+            detail=detail,
+            subject=raw.subject,
+            data=raw.data,
+            headers=raw.headers,
+            stream=meta.stream,
+            stream_seq=meta.sequence.stream if meta.sequence else None,
+            num_delivered=meta.num_delivered or 1,
+        )
+        await msg.reject()
+        MESSAGES_HANDLED.labels(self._service, self._consumer, "dead_letter").inc()
 
 
 async def _history(history_of: HistoryOf | None, raw: Msg) -> str | None:

@@ -2,12 +2,28 @@
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import structlog
 
 bind_context = structlog.contextvars.bind_contextvars
 clear_context = structlog.contextvars.clear_contextvars
-bound_context = structlog.contextvars.bound_contextvars
+
+
+@contextmanager
+def bound_context(**values: Any) -> Iterator[None]:
+    """Bind `values` to every log line written inside the block, then restore what was bound before.
+
+    structlog's own `bound_contextvars` copies and scans the whole context on entry to save the old
+    values; resetting the tokens `bind_contextvars` returns restores them exactly at a fraction of the
+    cost, which matters because every message a service handles enters this twice or more."""
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:

@@ -13,8 +13,7 @@ subscribe only the subjects its code uses. The lists below were worked out again
   `$JS.ACK.<stream>.<durable>.>` for acks, naks and in-progress heartbeats;
 - a KV bucket is the stream `KV_<bucket>`: `$KV.<bucket>.>` to write, `STREAM.INFO` to bind, direct or
   message get to read;
-- only the admin identity may create, update, delete or purge streams (`keel init`). The one exception is
-  the router's filtered purge of its own execute commands when a run is cancelled (KEEL_COMMANDS only).
+- only the admin identity may create, update, delete or purge streams (`keel init`).
 
 Seeds are written 0600 and never overwritten: re-running `--secure` keeps every existing identity (a
 new seed would lock a running service out) and only rewrites the server config from the public keys.
@@ -159,7 +158,7 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
     """Each identity's allow and deny lists. Denies win over allows in NATS; they are spelled out for
     the forbidden subjects that matter most, so the intent survives a careless allow added later."""
     settings = settings or KeelSettings()
-    events_durables = (s.ROUTER_EVENTS_DURABLE, s.APPROVAL_REQUESTS_DURABLE)
+    events_durables = (s.ROUTER_EVENTS_DURABLE, s.APPROVAL_REQUESTS_DURABLE, s.EXECUTOR_DURABLE)
     audit_bucket = settings.audit_bucket
     audit_stream = f"OBJ_{audit_bucket}"
     return {
@@ -167,9 +166,8 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
         s.ROUTER: Permissions(
             publish_allow=(
                 s.emitter_filter(s.ROUTER),
-                # Commands to the executor, and the router's own timers (three tokens after the prefix;
-                # approval expiries have four, so the router cannot schedule or cancel those).
-                f"{s.EXECUTE_ALL.removesuffix('>')}*",
+                # Its own timers (three tokens after the prefix; approval expiries have four, so the
+                # router cannot schedule or cancel those).
                 t.ROUTER_TIMERS_FIRE.replace(".fire.", ".sched."),
                 s.dlq_subject(s.ROUTER, "*"),
                 *_durable(s.COMMANDS_STREAM, s.ROUTER_TRIGGERS_DURABLE),
@@ -180,14 +178,11 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
                 # It counts runs in flight from their start and end events (keel_router.admission).
                 *_ordered_events_reader(),
                 *_kv_write(s.RUNS_BUCKET),
-                # A cancelled run's queued execute commands are purged (filtered by the run's subject).
-                f"{JS_API}.STREAM.PURGE.{s.COMMANDS_STREAM}",
             ),
             publish_deny=(
                 *_other_emitters(s.ROUTER),
-                *_stream_admin()[:3],
-                f"{JS_API}.CONSUMER.DURABLE.CREATE.>",
-                *_durables_of_others(s.EVENTS_STREAM, (s.APPROVAL_REQUESTS_DURABLE,)),
+                *_stream_admin(),
+                *_durables_of_others(s.EVENTS_STREAM, (s.APPROVAL_REQUESTS_DURABLE, s.EXECUTOR_DURABLE)),
                 # Ordered consumers may be created, but its provisioned durable stays as `keel init` made it.
                 *(
                     f"{JS_API}.CONSUMER.{op}.{s.EVENTS_STREAM}.{s.ROUTER_EVENTS_DURABLE}{tail}"
@@ -200,13 +195,21 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
             publish_allow=(
                 s.emitter_filter(s.EXECUTOR),
                 s.dlq_subject(s.EXECUTOR, "*"),
-                *_durable(s.COMMANDS_STREAM, s.EXECUTOR_DURABLE),
-                # Before recording an outcome it looks for one already stored (a retry after a crash).
+                # Its work is the router's step_scheduled events (decision 023).
+                *_durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE),
+                # Before recording an outcome it looks for one already stored (a retry after a crash), and
+                # before a write for the run's cancellation.
                 *_read_events(),
                 *_kv_write(s.CLAIMS_BUCKET),
             ),
-            # Never a router event (run state), never an approval decision, never a trigger.
-            publish_deny=(*_other_emitters(s.EXECUTOR), s.TRIGGERS_ALL, *_stream_admin()),
+            # Never a router event (run state), never an approval decision, never a trigger or command.
+            publish_deny=(
+                *_other_emitters(s.EXECUTOR),
+                s.COMMANDS_ALL,
+                s.TRIGGERS_ALL,
+                *_durables_of_others(s.EVENTS_STREAM, (s.ROUTER_EVENTS_DURABLE, s.APPROVAL_REQUESTS_DURABLE)),
+                *_stream_admin(),
+            ),
             subscribe_allow=(_inbox(s.EXECUTOR),),
         ),
         s.APPROVAL: Permissions(
@@ -266,7 +269,6 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
             ),
             publish_deny=(
                 s.EVENTS_ALL,
-                f"{s.EXECUTE_ALL}",
                 f"$KV.{s.RUNS_BUCKET}.>",
                 *_durables_of_others(s.EVENTS_STREAM, events_durables),
                 *_stream_admin(),

@@ -1,14 +1,15 @@
 """What every Keel service process shares: broker, guard, logs, metrics and health, graceful stop.
 
-A service module builds a `ServiceRuntime`, registers its subscribers on `runtime.broker`, and calls
-`runtime.run()`. FastStream handles SIGINT/SIGTERM: it stops fetching, waits up to `graceful_timeout`
-for running handlers, then drains the connection; unacked messages are redelivered to another process.
+A service module builds a `ServiceRuntime`, registers its consumers with `runtime.pull_subscriber`, and
+calls `runtime.run()`. FastStream runs the process (connection, signals, startup and shutdown hooks); on
+SIGINT/SIGTERM the consumers stop asking for messages, hand back the ones not started, wait up to
+`graceful_timeout` for running handlers, then the connection drains; unacked messages are redelivered to
+another process.
 """
 
 import asyncio
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,14 +19,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from keel_shared.connection import inbox_prefix, make_broker
+from keel_shared.connection import make_broker
 from keel_shared.consumerlag import ConsumerLagCollector
-from keel_shared.consuming import HistoryOf, guard_middleware
+from keel_shared.consuming import Guard, HistoryOf
 from keel_shared.logging import configure_logging, get_logger
 from keel_shared.metrics import UP, MetricsServer
+from keel_shared.pulling import PullConsumer
 from keel_shared.settings import KeelSettings
 
 log = get_logger(__name__)
+
+Handler = Callable[[Any], Awaitable[Any]]
 
 
 def default_instance_id(service: str) -> str:
@@ -38,9 +42,14 @@ class ServiceRuntime:
         self.settings = settings
         self.instance_id = settings.instance_id or default_instance_id(name)
         self.broker: NatsBroker = make_broker(settings, name, graceful_timeout=graceful_timeout)
+        # What the service consumes, for its AsyncAPI document only: never connected or started.
+        self.spec_broker: NatsBroker = make_broker(settings, name)
+        self.graceful_timeout = graceful_timeout
         # Set by a service that can say more about a message's past tries, for its dead letter.
         self.dead_letter_history: HistoryOf | None = None
-        self.broker.add_middleware(guard_middleware(name, settings, lambda: self.js, lambda: self.dead_letter_history))
+        #: (stream, durable, concurrency, guard) of every consumer registered, started after connecting.
+        self.consumer_specs: list[tuple[str, str, int, Guard]] = []
+        self.consumers: list[PullConsumer] = []
         self.app = FastStream(self.broker, logger=None)
         self._metrics: MetricsServer | None = None
         # Lag of the durables this service binds (registered by pull_subscriber), for /metrics.
@@ -83,42 +92,32 @@ class ServiceRuntime:
         concurrency: int,
         description: str,
         decode: Callable[[bytes], Any],
-    ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-        """A subscriber bound to a durable consumer that `keel init` provisioned; never creates one.
+    ) -> Callable[[Handler], Handler]:
+        """A consumer of a durable that `keel init` provisioned; never creates one.
 
-        Up to `concurrency` messages are handled at once, each as soon as it arrives: a worker pool, not
-        fetch-a-batch-and-wait-for-all, so one slow message never holds up the ones fetched with it.
-        `decode` turns the body into the handler's one typed argument, raising `ContractViolation` with a
-        reason (dead-lettered by the guard); the handler's annotation documents the payload (AsyncAPI).
-        Every subscriber has one: the broker does no argument validation of its own (`make_broker`).
+        Up to `concurrency` messages are handled at once, each as soon as it arrives, with pull requests
+        kept ahead of the work (`keel_shared.pulling`, decision 024). `decode` turns the body into the
+        handler's one typed argument, raising `ContractViolation` with a reason (dead-lettered by the
+        guard). The handler is also registered, with its annotation, on `spec_broker`: FastStream
+        documents it (AsyncAPI) but does not consume for it.
         """
-        from faststream.middlewares import AckPolicy
-
         self.consumer_lag.add(stream, durable)
 
-        # Async on purpose: FastStream runs a plain-function decoder in a worker thread. Decoding here
-        # rather than in FastStream also means a body that is not JSON (too deep, a huge number) is
-        # refused with a reason instead of failing inside the handler like a transient fault.
-        async def decoder(msg: Any) -> Any:
-            return decode(msg.body)
+        def register(handler: Handler) -> Handler:
+            self.spec_broker.subscriber(
+                subject,
+                stream=JStream(stream, declare=False),
+                durable=durable,
+                config=ConsumerConfig(durable_name=durable),
+                pull_sub=PullSub(batch_size=concurrency),
+                description=description,
+                no_reply=True,
+            )(handler)
+            guard = Guard(self.name, durable, self.settings, lambda: self.js, decode, handler, self._history)
+            self.consumer_specs.append((stream, durable, concurrency, guard))
+            return handler
 
-        subscriber = self.broker.subscriber(
-            subject,
-            stream=JStream(stream, declare=False),
-            durable=durable,
-            config=ConsumerConfig(durable_name=durable),
-            pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
-            max_workers=concurrency,
-            inbox_prefix=f"{inbox_prefix(self.name)}.".encode(),
-            ack_policy=AckPolicy.MANUAL,
-            description=description,
-            decoder=decoder,
-            # Keel answers nothing directly (answers are events); FastStream would otherwise publish each
-            # handler's return value to whatever subject a `reply_to` header names.
-            no_reply=True,
-        )
-        keep_pulling_through_outages(subscriber)
-        return subscriber
+        return register
 
     # --- lifecycle -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -136,7 +135,14 @@ class ServiceRuntime:
             self._metrics = MetricsServer(self.settings.metrics_host, self.settings.metrics_port, self.health)
             self._metrics.start()
 
+    def _history(self) -> HistoryOf | None:
+        return self.dead_letter_history
+
     async def _after_startup(self) -> None:
+        for stream, durable, concurrency, guard in self.consumer_specs:
+            consumer = PullConsumer(self.nc, stream, durable, guard, concurrency=concurrency)
+            await consumer.start(self.js.consumer_info)
+            self.consumers.append(consumer)
         UP.labels(self.name).set(1)
         self.consumer_lag.start()
         log.info("service_started", instance=self.instance_id, nats_url=self.settings.nats_url)
@@ -144,6 +150,8 @@ class ServiceRuntime:
     async def _on_shutdown(self) -> None:
         self._stopping = True
         UP.labels(self.name).set(0)
+        # Before the connection drains: running handlers finish (or their messages come back elsewhere).
+        await asyncio.gather(*(consumer.stop(self.graceful_timeout) for consumer in self.consumers))
         await self.consumer_lag.stop()
         log.info("service_stopping")
 
@@ -153,32 +161,6 @@ class ServiceRuntime:
         finally:
             if self._metrics is not None:
                 self._metrics.stop()
-
-
-def keep_pulling_through_outages(subscriber: Any, max_delay: float = 10.0) -> None:
-    """Make a FastStream pull subscriber wait out a NATS outage instead of spinning.
-
-    Each fetch publishes a pull request; while the server is away the client buffers them, and once its
-    reconnect buffer is full every fetch raises at once. FastStream restarts a failed pull loop
-    immediately and keeps every restarted task, so a long outage became a busy loop whose memory grew
-    without bound. The loop is wrapped here: an error ends it, it is re-entered after a growing delay.
-    """
-    pull = subscriber._consume_pull
-
-    async def resilient(*args: Any, **kwargs: Any) -> Any:
-        delay = 0.5
-        while True:
-            started = time.monotonic()
-            try:
-                return await pull(*args, **kwargs)
-            except Exception as exc:
-                if time.monotonic() - started > 60:
-                    delay = 0.5  # it had been working: this is a new outage
-                log.warning("pull_loop_failed", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
-
-    subscriber._consume_pull = resilient
 
 
 def setup(name: str) -> KeelSettings:

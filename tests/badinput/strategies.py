@@ -47,8 +47,6 @@ from keel_contracts.approvals import (
 from keel_contracts.commands import (
     CancelRun,
     CancelRunBody,
-    ExecuteStep,
-    ExecuteStepBody,
     HumanInput,
     HumanInputBody,
     RouterCommand,
@@ -56,7 +54,15 @@ from keel_contracts.commands import (
 )
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
-from keel_contracts.events import RunEvent, StepFailed, StepFailedBody, StepSucceeded, StepSucceededBody
+from keel_contracts.events import (
+    RunEvent,
+    StepFailed,
+    StepFailedBody,
+    StepScheduled,
+    StepScheduledBody,
+    StepSucceeded,
+    StepSucceededBody,
+)
 from keel_contracts.timers import TimerBody, TimerFired
 from keel_shared.triggers import build_trigger
 
@@ -178,10 +184,17 @@ def _cancel(workflow: str, run_id: str) -> Message:
     return CancelRun(**envelope, body=CancelRunBody(requested_by="x"))
 
 
-def _execute(workflow: str, run_id: str) -> Message:
-    return ExecuteStep(
-        **_envelope(workflow, run_id, s.ROUTER, f"{run_id}:receive:1"),
-        body=ExecuteStepBody(tool="demo.echo", input={"x": 1}, idempotency_key=f"{run_id}-receive", timeout_seconds=5),
+def _scheduled(workflow: str, run_id: str) -> Message:
+    return StepScheduled(
+        **_envelope(workflow, run_id, s.ROUTER, f"{run_id}:receive:1:scheduled"),
+        body=StepScheduledBody(
+            tool="demo.echo",
+            input={"x": 1},
+            idempotency_key=f"{run_id}-receive",
+            command_id=f"{run_id}:receive:1",
+            timeout_seconds=5,
+            reason="badinput",
+        ),
     )
 
 
@@ -342,10 +355,10 @@ TARGETS: dict[str, Target] = {
         Target(
             s.EXECUTOR_DURABLE,
             s.EXECUTOR,
-            s.COMMANDS_STREAM,
-            (_execute,),
-            lambda m: s.execute_subject(m.run_id),
-            TypeAdapter(ExecuteStep),
+            s.EVENTS_STREAM,
+            (_scheduled,),
+            _event_subject(s.ROUTER),
+            TypeAdapter(StepScheduled),
         ),
         Target(
             s.APPROVAL_REQUESTS_DURABLE,

@@ -9,7 +9,7 @@ one appears that `strategies.TARGETS` does not cover):
 | router-commands | router | keel.cmd.router.> | HumanInput, CancelRun |
 | router-events | router | keel.run.*.*.executor.*, keel.run.*.*.approval.* | any run event |
 | router-timers | router | keel.timer.fire.*.*.* | TimerFired |
-| executor | executor | keel.cmd.executor.execute.> | ExecuteStep |
+| executor | executor | keel.run.*.*.router.step_scheduled | StepScheduled |
 | approval-requests | approval | keel.run.*.*.router.approval_requested | ApprovalRequested |
 | approval-timers | approval | keel.timer.fire.approval.*.*.* | ApprovalExpiryDue |
 

@@ -1,4 +1,4 @@
-"""The executor's last line of defence for approvals, on a real server: whatever sends it a command, a
+"""The executor's last line of defence for approvals, on a real server: whatever schedules a step, a
 write whose payload differs from the approved one is refused before the tool runs."""
 
 import nats
@@ -7,8 +7,7 @@ import pytest
 from keel_contracts import subjects as s
 from keel_contracts.approvals import payload_hash
 from keel_contracts.codec import decode_event, encode
-from keel_contracts.commands import ExecuteStep, ExecuteStepBody, execute_message_id
-from keel_contracts.events import StepFailed, StepSucceeded
+from keel_contracts.events import StepFailed, StepScheduled, StepScheduledBody, StepSucceeded
 from keel_executor.tools.demo import ledger_counts
 from tests.conftest import StackFactory, eventually
 
@@ -17,27 +16,32 @@ pytestmark = pytest.mark.integration
 APPROVED = {"account": "acct-1", "amount": 100}
 
 
-def command(run_id: str, payload: dict, approved_hash: str) -> ExecuteStep:
-    command_id = f"{run_id}.refund.1.1"
-    return ExecuteStep(
-        id=execute_message_id(command_id),
+def scheduled(run_id: str, payload: dict, approved_hash: str) -> StepScheduled:
+    return StepScheduled(
         run_id=run_id,
         workflow="demo",
         step_id="refund",
         attempt=1,
         correlation_id=run_id,
         actor="router",
-        dedupe_key=command_id,
-        body=ExecuteStepBody(
+        dedupe_key=f"{run_id}:refund:1:1:scheduled",
+        body=StepScheduledBody(
             tool="demo.ledger",
             input=payload,
             idempotency_key=f"key-{run_id}",
+            command_id=f"{run_id}:refund:1:1",
             timeout_seconds=10,
+            reason="approved",
             side_effect="write",
-            approval_id=f"{run_id}-approval",
+            approval_ids=[f"{run_id}-approval"],
             approved_payload_hash=approved_hash,
         ),
     )
+
+
+async def schedule(js, event: StepScheduled) -> None:
+    subject = s.event_subject(event.workflow, event.run_id, s.ROUTER, event.type)
+    await js.publish(subject, encode(event), headers={"Nats-Msg-Id": event.dedupe_key})
 
 
 async def outcome_of(js, run_id: str):
@@ -66,17 +70,15 @@ async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothi
     js = nc.jetstream()
     try:
         approved = payload_hash(APPROVED)
-        changed = command("rchanged", {**APPROVED, "amount": 100_000}, approved)
-        await js.publish(s.execute_subject("rchanged"), encode(changed), headers={"Nats-Msg-Id": changed.dedupe_key})
+        await schedule(js, scheduled("rchanged", {**APPROVED, "amount": 100_000}, approved))
         refused = await outcome_of(js, "rchanged")
         assert isinstance(refused, StepFailed)
         assert refused.body.error_class == "refused"
         assert approved in refused.body.message
         assert ledger_counts(stack.ledger_url, "rchanged") == {"invocations": 0, "effects": 0}
 
-        # The same command with the payload that was approved runs, once.
-        same = command("rsame", dict(APPROVED), approved)
-        await js.publish(s.execute_subject("rsame"), encode(same), headers={"Nats-Msg-Id": same.dedupe_key})
+        # The same step with the payload that was approved runs, once.
+        await schedule(js, scheduled("rsame", dict(APPROVED), approved))
         assert isinstance(await outcome_of(js, "rsame"), StepSucceeded)
         assert ledger_counts(stack.ledger_url, "rsame") == {"invocations": 1, "effects": 1}
     finally:

@@ -157,7 +157,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     s.ROUTER: (
         [
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_started")),
-            (CMD, s.execute_subject("r1")),
+            (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
             (TIM, t.schedule_subject("demo", "r1", "retry-1")),
             (s.DLQ_STREAM, s.dlq_subject(s.ROUTER, "invalid")),
             (f"KV_{s.RUNS_BUCKET}", f"$KV.{s.RUNS_BUCKET}.run.r1"),
@@ -183,9 +183,9 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             (EV, s.event_subject("demo", "r1", s.APPROVAL, "approval_denied")),
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_completed")),
             (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
-            (CMD, s.execute_subject("r1")),
             (CMD, s.trigger_subject("cli")),
             (CMD, s.router_cancel_subject("r1")),
+            (CMD, s.router_input_subject("r1")),
             (TIM, t.schedule_subject("demo", "r1", "retry-1")),
             (f"KV_{s.RUNS_BUCKET}", f"$KV.{s.RUNS_BUCKET}.run.r1"),
         ],
@@ -200,7 +200,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_completed")),
             (EV, s.event_subject("demo", "r1", s.EXECUTOR, "step_succeeded")),
             (TIM, t.schedule_subject("demo", "r1", "retry-1")),
-            (CMD, s.execute_subject("r1")),
+            (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
             (CMD, s.trigger_subject("cli")),
             (f"KV_{s.RUNS_BUCKET}", f"$KV.{s.RUNS_BUCKET}.run.r1"),
         ],
@@ -213,7 +213,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_completed")),
             (EV, s.event_subject("demo", "r1", s.EXECUTOR, "step_succeeded")),
             (EV, s.event_subject("demo", "r1", s.APPROVAL, "approval_granted")),
-            (CMD, s.execute_subject("r1")),
+            (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
             (CMD, s.trigger_subject("cli")),
             (TIM, t.schedule_subject("demo", "r1", "retry-1")),
             (s.DLQ_STREAM, s.dlq_subject(s.AUDIT, "invalid")),
@@ -233,7 +233,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_completed")),
             (EV, s.event_subject("demo", "r1", s.APPROVAL, "approval_granted")),
-            (CMD, s.execute_subject("r1")),
+            (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
             (TIM, t.schedule_subject("demo", "r1", "retry-1")),
             (f"KV_{s.RUNS_BUCKET}", f"$KV.{s.RUNS_BUCKET}.run.r1"),
         ],
@@ -242,7 +242,7 @@ CASES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [(CMD, s.trigger_subject("github")), (f"KV_{s.WEBHOOK_REPLAY_BUCKET}", f"$KV.{s.WEBHOOK_REPLAY_BUCKET}.sig1")],
         [
             (EV, s.event_subject("demo", "r1", s.ROUTER, "run_started")),
-            (CMD, s.execute_subject("r1")),
+            (EV, s.event_subject("demo", "r1", s.ROUTER, "step_scheduled")),
             (CMD, s.router_cancel_subject("r1")),
             (f"KV_{s.RUNS_BUCKET}", f"$KV.{s.RUNS_BUCKET}.run.r1"),
         ],
@@ -306,13 +306,14 @@ async def test_no_service_identity_can_manage_streams(secured: Secured, connect_
         f"{api}.STREAM.PURGE.{EV}",
         f"{api}.STREAM.DELETE.{CMD}",
         f"{api}.STREAM.DELETE.{TIM}",
-        f"{api}.CONSUMER.DELETE.{CMD}.{s.EXECUTOR_DURABLE}",
+        f"{api}.STREAM.PURGE.{CMD}",
+        f"{api}.CONSUMER.DELETE.{EV}.{s.EXECUTOR_DURABLE}",
         f"{api}.CONSUMER.DURABLE.CREATE.{EV}.rogue",
     ):
         await assert_request_denied(who, subject, b"{}")
     names = [info.config.name async for info in _streams(secured.admin)]
     assert {EV, CMD, TIM, s.DLQ_STREAM} <= set(names) and "ROGUE" not in names
-    assert (await secured.admin.jetstream().consumer_info(CMD, s.EXECUTOR_DURABLE)).name == s.EXECUTOR_DURABLE
+    assert (await secured.admin.jetstream().consumer_info(EV, s.EXECUTOR_DURABLE)).name == s.EXECUTOR_DURABLE
 
 
 async def _streams(admin: Client) -> AsyncIterator[object]:
@@ -320,30 +321,25 @@ async def _streams(admin: Client) -> AsyncIterator[object]:
         yield info
 
 
-async def test_router_purges_only_queued_commands(secured: Secured, connect_as) -> None:
-    # The one stream-management right a service has: cancelling a run drops its queued execute commands.
-    router = await connect_as(s.ROUTER)
-    await router.nc.jetstream().publish(s.execute_subject("r9"), b"{}", headers={"Nats-Msg-Id": "x9"})
-    await router.nc.jetstream().purge_stream(CMD, subject=s.execute_subject("r9"))
-    assert not await stored(secured.admin, CMD, s.execute_subject("r9"))
-    await assert_request_denied(router, f"$JS.API.STREAM.PURGE.{TIM}", b"{}")
-    await assert_request_denied(router, f"$JS.API.STREAM.PURGE.{s.DLQ_STREAM}", b"{}")
-
-
 async def test_services_pull_only_their_own_durables(secured: Secured, connect_as) -> None:
     executor = await connect_as(s.EXECUTOR)
     await assert_request_denied(executor, f"$JS.API.CONSUMER.MSG.NEXT.{CMD}.{s.ROUTER_TRIGGERS_DURABLE}", b"{}")
     await assert_request_denied(executor, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.ROUTER_EVENTS_DURABLE}", b"{}")
+    await assert_request_denied(executor, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.APPROVAL_REQUESTS_DURABLE}", b"{}")
     approval = await connect_as(s.APPROVAL)
-    await assert_request_denied(approval, f"$JS.API.CONSUMER.MSG.NEXT.{CMD}.{s.EXECUTOR_DURABLE}", b"{}")
-    # Its own durable binds and delivers.
-    await secured.admin.jetstream().publish(s.execute_subject("r2"), b"{}", headers={"Nats-Msg-Id": "e2"})
+    await assert_request_denied(approval, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.EXECUTOR_DURABLE}", b"{}")
+    router = await connect_as(s.ROUTER)
+    await assert_request_denied(router, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.EXECUTOR_DURABLE}", b"{}")
+    # Its own durable binds and delivers the router's step_scheduled events, nothing else.
+    scheduled = s.event_subject("demo", "r2", s.ROUTER, "step_scheduled")
+    await secured.admin.jetstream().publish(s.event_subject("demo", "r2", s.ROUTER, "run_started"), b"{}")
+    await secured.admin.jetstream().publish(scheduled, b"{}", headers={"Nats-Msg-Id": "e2"})
     sub = await executor.nc.jetstream().pull_subscribe_bind(
-        s.EXECUTOR_DURABLE, CMD, inbox_prefix=f"{inbox_prefix(s.EXECUTOR)}.".encode()
+        s.EXECUTOR_DURABLE, EV, inbox_prefix=f"{inbox_prefix(s.EXECUTOR)}.".encode()
     )
     [msg] = await sub.fetch(1, timeout=5)
     await msg.ack_sync()
-    assert msg.subject == s.execute_subject("r2")
+    assert msg.subject == scheduled
 
 
 async def test_audit_reads_events_with_its_own_consumers_only(secured: Secured, connect_as) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import rfc8785
 
@@ -15,8 +16,30 @@ from keel_audit.errors import AuditError
 JSON = Any
 
 
-def canonical_bytes(value: JSON) -> bytes:
-    """RFC 8785 (JCS) bytes of ``value``: the exact bytes that are hashed and signed."""
+#: Largest integer JCS writes exactly (it treats every number as an IEEE double).
+MAX_EXACT_INT = 2**53 - 1
+_COMPACT_SORTED = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+_OUTSIDE_BMP = re.compile(rb"[\xf0-\xf4]")  # lead byte of a 4-byte UTF-8 sequence
+
+
+def canonical_bytes(value: JSON, *, integers_only: bool = False) -> bytes:
+    """RFC 8785 (JCS) bytes of ``value``: the exact bytes that are hashed and signed.
+
+    ``integers_only`` is the caller's word that every number in ``value`` is an integer within
+    ±2**53 (it parsed the value and counted). For such a value the standard library's compact encoding
+    with sorted keys *is* JCS, byte for byte (same escapes, same integer text), and is several times
+    faster than the general encoder, which matters because the audit writes every event through here.
+    The one difference left, key order when a key holds a character outside the BMP (JCS sorts by UTF-16
+    code units), is ruled out by looking for such characters in the output; anything else goes through
+    the general encoder."""
+    if integers_only:
+        try:
+            fast = _COMPACT_SORTED.encode(value).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError):
+            pass
+        else:
+            if not _OUTSIDE_BMP.search(fast):
+                return fast
     return rfc8785.dumps(value)
 
 
@@ -52,18 +75,49 @@ def _reject_constant(name: str) -> JSON:
     raise ValueError(f"non-JSON constant {name}")
 
 
-def parse_json_body(data: bytes) -> tuple[bool, JSON]:
-    """Decide how a message body is stored: ``(True, value)`` for JSON that canonicalises losslessly,
-    ``(False, base64 text)`` otherwise.
+class ParsedBody(NamedTuple):
+    is_json: bool
+    value: JSON  # the parsed JSON, or the body as base64 text when it is not canonicalisable JSON
+    integers_only: bool  # every number in it is an integer within ±2**53 (see canonical_bytes)
+
+
+class _Numbers:
+    """Counts, while parsing, the numbers that need JCS's own number formatting."""
+
+    def __init__(self) -> None:
+        self.other = False
+
+    def float(self, text: str) -> float:
+        self.other = True
+        return float(text)
+
+    def int(self, text: str) -> int:
+        number = int(text)
+        if abs(number) > MAX_EXACT_INT:
+            self.other = True
+        return number
+
+
+def parse_json_body(data: bytes) -> ParsedBody:
+    """Decide how a message body is stored: ``(True, value, ...)`` for JSON that canonicalises
+    losslessly, ``(False, base64 text, ...)`` otherwise.
 
     Bodies with duplicate keys, NaN/Infinity, integers beyond 2**53 or nesting deeper than Python's
     parser goes are not canonicalisable without losing information, so they are kept byte-exact as base64
     instead of being silently normalised.
     """
+    numbers = _Numbers()
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-        canonical_bytes(value)
+        value = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=numbers.float,
+            parse_int=numbers.int,
+        )
+        # Raises for what JCS cannot write exactly: integers beyond 2**53, lone surrogates.
+        canonical_bytes(value, integers_only=not numbers.other)
     except (UnicodeDecodeError, ValueError, RecursionError, rfc8785.CanonicalizationError):
         # RecursionError: nested deeper than Python parses; kept byte-exact like any other non-JSON body.
-        return False, base64.b64encode(data).decode("ascii")
-    return True, value
+        return ParsedBody(False, base64.b64encode(data).decode("ascii"), True)
+    return ParsedBody(True, value, not numbers.other)

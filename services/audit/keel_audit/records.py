@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from keel_audit.canonical import JSON, format_time, parse_json_body
 
@@ -77,9 +77,14 @@ def fixed_sensitive_paths(*pointers: str) -> SensitivePaths:
     return paths
 
 
-def event_record(source: SourceRecord, *, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+class EventRecord(NamedTuple):
+    record: dict[str, Any]
+    integers_only: bool  # no number in it needs JCS's own formatting (canonical.canonical_bytes)
+
+
+def event_record(source: SourceRecord, *, headers: Mapping[str, str] | None = None) -> EventRecord:
     """The log record of one stream message, before any redaction."""
-    is_json, body = parse_json_body(source.data)
+    is_json, body, integers_only = parse_json_body(source.data)
     record: dict[str, Any] = {
         "t": EVENT,
         "v": RECORD_VERSION,
@@ -91,7 +96,7 @@ def event_record(source: SourceRecord, *, headers: Mapping[str, str] | None = No
         "headers": kept_headers(source.headers) if headers is None else dict(headers),
     }
     record["data" if is_json else "data_b64"] = body
-    return record
+    return EventRecord(record, integers_only)
 
 
 def gap_record(stream: str, from_seq: int, to_seq: int) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from pydantic import Field, TypeAdapter
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
 from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted
-from keel_contracts.commands import ExecuteStep
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message
 from keel_contracts.events import EVENT_TYPES, StepFailed, StepSucceeded
@@ -86,14 +85,8 @@ def router_broker(workdir: Path) -> NatsBroker:
     from keel_router.catalog import WorkflowCatalog
 
     settings = _settings(workdir)
-    broker = build(settings, WorkflowCatalog(settings.workflows_dir)).broker
+    broker = build(settings, WorkflowCatalog(settings.workflows_dir)).spec_broker
     _events_publisher(broker, s.ROUTER, ROUTER_EVENTS, "What the router decides about a run.")
-    broker.publisher(
-        s.execute_subject("{run_id}"),
-        schema=ExecuteStep,
-        title="execute-step",
-        description="One attempt of a tool step, for the executors' shared durable (KEEL_COMMANDS, work queue).",
-    )
     broker.publisher(
         t.schedule_subject("{workflow}", "{run_id}", "{timer_id}"),
         schema=TimerFired,
@@ -108,7 +101,7 @@ def executor_broker(workdir: Path) -> NatsBroker:
     from keel_executor.app import build
     from keel_executor.tools.registry import ToolRegistry
 
-    broker = build(_settings(workdir), ToolRegistry.from_entry_points()).broker
+    broker = build(_settings(workdir), ToolRegistry.from_entry_points()).spec_broker
     _events_publisher(broker, s.EXECUTOR, EXECUTOR_EVENTS, "How one attempt of a tool step ended.")
     _dead_letters_publisher(broker, s.EXECUTOR)
     return broker
@@ -118,7 +111,7 @@ def approval_broker(workdir: Path) -> NatsBroker:
     from keel_approval.app import build
     from keel_approval.timers import ApprovalExpiryDue
 
-    broker = build(_settings(workdir)).broker
+    broker = build(_settings(workdir)).spec_broker
     _events_publisher(broker, s.APPROVAL, APPROVAL_EVENTS, "An approval's decision (or its expiry).")
     broker.publisher(
         t.approval_schedule_subject("{workflow}", "{run_id}", "{key}"),

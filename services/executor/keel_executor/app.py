@@ -1,29 +1,29 @@
-"""The executor service's NATS wiring: one shared durable pull consumer, N processes."""
+"""The executor service's NATS wiring: one shared durable pull consumer of `step_scheduled` events, N
+processes."""
 
 import asyncio
 import contextlib
 import json
 
-from faststream.nats import NatsMessage
 from nats.aio.msg import Msg
 
 from keel_contracts import subjects as s
+from keel_contracts.attempts import execute_step_for
 from keel_contracts.codec import decode
-from keel_contracts.commands import ExecuteStep
-from keel_contracts.events import StepFailed, StepSucceeded
+from keel_contracts.events import StepFailed, StepScheduled, StepSucceeded
 from keel_executor.claims import ClaimLost, KvClaims
 from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
 from keel_executor.tools.registry import ToolRegistry
-from keel_shared.consuming import Redeliver, current_message
+from keel_shared.consuming import Delivery, Redeliver, current_message, redelivered
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import bound_context
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
 
 
-async def _heartbeat(msg: NatsMessage, every: float) -> None:
+async def _heartbeat(msg: Delivery, every: float) -> None:
     # Keeps the command ours while the tool runs longer than ack_wait; stops when the tool does, so
     # a crashed process lets the server hand the command to another executor.
     while True:
@@ -53,29 +53,32 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
         return executor
 
     async def history(raw: Msg) -> str | None:
-        # A command about to be dead-lettered: its claim says who held it, when, and how tries ended.
+        # An attempt about to be dead-lettered: its claim says who held it, when, and how tries ended.
         try:
-            dedupe_key = json.loads(raw.data).get("dedupe_key")
-        except (ValueError, AttributeError):
-            dedupe_key = None
-        dedupe_key = dedupe_key or (raw.headers or {}).get("Nats-Msg-Id")
-        return await (await claims()).describe(str(dedupe_key)) if dedupe_key else None
+            command_id = json.loads(raw.data)["body"]["command_id"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return await (await claims()).describe(str(command_id)) if command_id else None
 
     runtime.dead_letter_history = history
 
     @runtime.pull_subscriber(
-        s.EXECUTE_ALL,
-        stream=s.COMMANDS_STREAM,
+        s.STEP_SCHEDULED_ALL,
+        stream=s.EVENTS_STREAM,
         durable=s.EXECUTOR_DURABLE,
         concurrency=settings.executor_concurrency,
-        description="Run one attempt of a tool step and record its outcome on the run",
-        decode=lambda data: decode(ExecuteStep, data, settings.max_message_bytes),
+        description="Run the attempt of a tool step the router scheduled and record its outcome on the run",
+        decode=lambda data: decode(StepScheduled, data, settings.max_message_bytes),
     )
-    async def on_execute(cmd: ExecuteStep) -> None:
+    async def on_scheduled(scheduled: StepScheduled) -> None:
+        cmd = execute_step_for(scheduled)
         with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
-            beat = asyncio.create_task(_heartbeat(current_message(), settings.heartbeat_seconds))
+            msg = current_message()
+            meta = msg.raw_message.metadata
+            seq = meta.sequence.stream if meta.sequence else None
+            beat = asyncio.create_task(_heartbeat(msg, settings.heartbeat_seconds))
             try:
-                result = await (await get_executor()).execute(cmd)
+                result = await (await get_executor()).execute(cmd, seq, first_delivery=not redelivered())
             except ClaimLost as exc:
                 raise Redeliver(settings.ack_wait_seconds, str(exc)) from exc
             except Exception as exc:

@@ -1,14 +1,23 @@
 """Running one attempt of one step: claim, call the tool, report the outcome. No broker in here.
 
 Order matters for exactly-once effects:
-1. claim the command's dedupe key;
+1. claim the attempt's dedupe key (the `command_id` of its `step_scheduled` event);
 2. if it had been claimed before, look for the outcome recorded under its dedupe key: found means the
    attempt finished (its ack was lost) and nothing is done; not found means the holder died mid-call,
    so the tool runs again with the *same* idempotency key and the system of record collapses the two
    calls into one write (a write with a read-back is verified first: see verification.py);
-3. record the outcome event (deduplicated by the server on `<dedupe_key>:outcome`).
+3. for a write, look for the run's cancellation since the step was scheduled: a cancelled run starts
+   no new write (decision 023);
+4. record the outcome event (deduplicated by the server on `<dedupe_key>:outcome`), checked to follow
+   the `step_scheduled` event directly when nothing else was stored on the run in between, which lets
+   the router fold it in without reading the run.
 A crash between any two of these repeats only steps that are safe to repeat. The outcome event is the
 record of completion: the claim is not written again (decision 008).
+
+A read (`side_effect: read`, the default) changes nothing in the system it calls, so on its first
+delivery it runs without a claim: running it twice is harmless and its outcome is deduplicated. A
+redelivered read claims and looks for its outcome first, like a write, so a finished attempt whose ack
+was lost is reported, not run again.
 """
 
 import asyncio
@@ -35,17 +44,24 @@ log = get_logger(__name__)
 
 
 class Outcomes(Protocol):
-    async def find(self, cmd: ExecuteStep) -> int | None:
-        """The stream sequence of an outcome already recorded for this command, if any."""
+    """The run's event stream as the executor sees it."""
 
-    async def record(self, event: Message) -> int: ...
+    async def find(self, cmd: ExecuteStep) -> int | None:
+        """The stream sequence of an outcome already recorded for this attempt, if any."""
+
+    async def record(self, event: Message, follows_seq: int | None = None) -> int:
+        """Store an outcome; with `follows_seq`, checked to be the run's next event after that sequence
+        when it is (stored without the check when it is not). Returns its stream sequence."""
+
+    async def cancelled(self, cmd: ExecuteStep, after_seq: int) -> bool:
+        """Whether the run was cancelled after the given stream sequence."""
 
 
 @dataclass(frozen=True)
 class ExecutionResult:
-    outcome: Message | None  # None when the attempt had already finished before this delivery
+    outcome: Message | None  # None when the attempt had already finished, or its run was cancelled
     outcome_seq: int | None
-    claim_state: ClaimState
+    claim_state: ClaimState | None  # None: a read on its first delivery, which takes no claim
 
 
 def outcome_key(cmd: ExecuteStep) -> str:
@@ -83,17 +99,30 @@ class Executor:
         self._data_dir = data_dir
         self._clock = clock
 
-    async def execute(self, cmd: ExecuteStep) -> ExecutionResult:
-        claim = await self._claims.claim(cmd.dedupe_key, self._id)
-        if claim.state is ClaimState.TAKEN_OVER:
-            seq = await self._outcomes.find(cmd)
-            if seq is not None:
-                log.info("already_done", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, seq=seq)
-                return ExecutionResult(None, seq, claim.state)
-            log.warning("claim_taken_over", run_id=cmd.run_id, step_id=cmd.step_id, previous=claim.previous_holder)
-        outcome = await self._run_tool(cmd, taken_over=claim.state is ClaimState.TAKEN_OVER)
-        seq = await self._outcomes.record(outcome)
-        return ExecutionResult(outcome, seq, claim.state)
+    async def execute(
+        self, cmd: ExecuteStep, scheduled_seq: int | None = None, first_delivery: bool = False
+    ) -> ExecutionResult:
+        """Run the attempt `cmd` (see the module docstring). `scheduled_seq` is the stream sequence of
+        its `step_scheduled` event; `first_delivery` says the attempt was never handed out before."""
+        write = cmd.body.side_effect == "write"
+        state: ClaimState | None = None
+        if write or not first_delivery:
+            claim = await self._claims.claim(cmd.dedupe_key, self._id)
+            state = claim.state
+            # A read took no claim the first time, so even a new claim may follow a finished attempt.
+            if state is ClaimState.TAKEN_OVER or not write:
+                seq = await self._outcomes.find(cmd)
+                if seq is not None:
+                    log.info("already_done", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, seq=seq)
+                    return ExecutionResult(None, seq, state)
+            if state is ClaimState.TAKEN_OVER:
+                log.warning("claim_taken_over", run_id=cmd.run_id, step_id=cmd.step_id, previous=claim.previous_holder)
+        if write and scheduled_seq is not None and await self._outcomes.cancelled(cmd, scheduled_seq):
+            log.info("write_not_started_run_cancelled", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt)
+            return ExecutionResult(None, None, state)
+        outcome = await self._run_tool(cmd, taken_over=state is ClaimState.TAKEN_OVER)
+        seq = await self._outcomes.record(outcome, scheduled_seq)
+        return ExecutionResult(outcome, seq, state)
 
     async def _call(
         self, cmd: ExecuteStep, tool: Tool, ctx: ToolContext, data: dict[str, JsonValue], name: str

@@ -1,7 +1,10 @@
-"""Where attempt outcomes go: the run's event stream, appended without a sequence check.
+"""Where attempt outcomes go: the run's event stream.
 
-An outcome is a fact about an attempt that stands whatever else the run did meanwhile, so it must not
-lose a race with the router; its dedupe key keeps a repeated report to one stored event.
+An outcome is a fact about an attempt that stands whatever else the run did meanwhile, so it never
+loses a race with the router: it is first appended expecting the attempt's `step_scheduled` to be the
+run's last event (the server then vouches that nothing sits between them, and the router folds it in
+without reading the run), and when something else was stored in between, appended without the check.
+Its dedupe key keeps a repeated report to one stored event.
 """
 
 from nats.errors import Error as NatsError
@@ -13,7 +16,7 @@ from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded
 from keel_executor.execution import outcome_key
-from keel_shared.eventstore import EventStore
+from keel_shared.eventstore import ConcurrencyConflict, EventStore
 from keel_shared.publishing import refused_as_too_large
 
 
@@ -32,14 +35,26 @@ class StreamOutcomes:
                 return stored.seq
         return None
 
-    async def record(self, event: Message) -> int:
+    async def record(self, event: Message, follows_seq: int | None = None) -> int:
         try:
-            return await self._store.append_unguarded(event)
+            return await self._append(event, follows_seq)
         except NatsError as exc:
             if not (isinstance(event, StepSucceeded) and refused_as_too_large(exc)):
                 raise
             # Retrying can never store it, and the run would wait for this outcome for ever: record why.
-            return await self._store.append_unguarded(output_too_large(event, len(encode(event))))
+            return await self._append(output_too_large(event, len(encode(event))), follows_seq)
+
+    async def _append(self, event: Message, follows_seq: int | None) -> int:
+        if follows_seq is not None:
+            try:
+                return await self._store.append([event], follows_seq)
+            except ConcurrencyConflict:
+                pass  # the run moved on meanwhile (a cancel, a timer): the outcome stands all the same
+        return await self._store.append_unguarded(event)
+
+    async def cancelled(self, cmd: ExecuteStep, after_seq: int) -> bool:
+        subject = s.event_subject(cmd.workflow, cmd.run_id, s.ROUTER, "run_cancelled")
+        return bool(await self._store.read(subject, after_seq=after_seq))
 
 
 def output_too_large(event: StepSucceeded, size: int) -> StepFailed:

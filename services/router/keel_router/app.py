@@ -16,7 +16,7 @@ from keel_router.admission import count_runs_in_flight
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
-from keel_router.runs import RunRepository
+from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.views import ViewWriter
 from keel_router.workflow.policy import Policy, load_policy
 from keel_shared.consuming import current_message, redelivered
@@ -58,12 +58,6 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     views = ViewWriter(put_view)
     runtime.app.on_shutdown(views.flush)
 
-    async def drop_pending_work(run_id: str) -> None:
-        try:
-            await runtime.js.purge_stream(s.COMMANDS_STREAM, subject=s.execute_subject(run_id))
-        except Exception as exc:  # best effort: the run is cancelled whatever happens here
-            log.warning("purge_after_cancel_failed", run_id=run_id, error=str(exc))
-
     def get_router() -> Router:
         nonlocal router
         if router is None:
@@ -83,7 +77,6 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
                 engine,
                 publish,
                 views.write,
-                drop_pending_work,
                 runs_in_flight=in_flight,
                 max_message_bytes=settings.max_message_bytes,
             )
@@ -111,9 +104,10 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
         decode=lambda data: decode_event(data, max_bytes),
     )
     async def on_outcome(event: RunEvent) -> None:
-        meta = current_message().raw_message.metadata
-        seq = meta.sequence.stream if meta.sequence else None
-        await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=(seq, event))
+        raw = current_message().raw_message
+        seq = raw.metadata.sequence.stream if raw.metadata.sequence else None
+        delivered = Delivered(seq, event, checked_follows(raw.headers, event.workflow, event.run_id))
+        await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=delivered)
 
     @runtime.pull_subscriber(
         t.ROUTER_TIMERS_FIRE,

@@ -19,12 +19,9 @@ from keel_contracts import timers
 from keel_contracts.approvals import DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES
 from keel_contracts.commands import (
     CancelRun,
-    ExecuteStep,
-    ExecuteStepBody,
     HumanInput,
     TriggerRun,
     VerifySpec,
-    execute_message_id,
 )
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
@@ -695,35 +692,10 @@ class Engine:
 
     # --- effects -----------------------------------------------------------------------------------
     def effects(self, state: RunState) -> list[Effect]:
-        """What must have been published for the run to make progress from `state`: the command of the
-        attempt in flight, the timer of the pending retry, or the timer that ends a park (a wait, a human
-        step's deadline)."""
+        """What must have been published for the run to make progress from `state`: the timer of the
+        pending retry, or the timer that ends a park (a wait, a human step's deadline). An attempt in
+        flight needs nothing: its `step_scheduled` event is what the executor consumes (decision 023)."""
         out: list[Effect] = []
-        attempt = state.in_flight
-        if attempt is not None and not state.terminal:
-            cmd = ExecuteStep(
-                id=execute_message_id(attempt.command_id),
-                run_id=state.run_id,
-                workflow=state.workflow,
-                tenant=state.tenant,
-                step_id=attempt.step_id,
-                attempt=attempt.attempt,
-                correlation_id=state.correlation_id,
-                actor=self._actor,
-                dedupe_key=attempt.command_id,
-                occurred_at=self._clock(),
-                body=ExecuteStepBody(
-                    tool=attempt.tool,
-                    input=attempt.input,
-                    idempotency_key=attempt.idempotency_key,
-                    timeout_seconds=attempt.timeout_seconds,
-                    side_effect="write" if attempt.side_effect == "write" else "read",
-                    verify=attempt.verify,
-                    approval_id=attempt.approval_ids[0] if attempt.approval_ids else None,
-                    approved_payload_hash=attempt.approved_payload_hash,
-                ),
-            )
-            out.append(Effect(s.execute_subject(state.run_id), cmd, attempt.command_id))
         pending = state.pending_retry
         if pending is not None and not state.terminal:
             timer_id = f"retry-{pending.step_id}-{pending.next_attempt}"

@@ -12,7 +12,7 @@ from nats.errors import Error as NatsError
 from keel_contracts.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractViolation, encode
 from keel_contracts.commands import CancelRun, HumanInput, TriggerRun
 from keel_contracts.envelope import Message, run_id_for
-from keel_contracts.runs import RunStatus, RunView
+from keel_contracts.runs import RunView
 from keel_contracts.timers import TimerFired
 from keel_router.admission import NotReady, RunsInFlight
 from keel_router.aggregate import RunState
@@ -42,7 +42,6 @@ class Router:
         engine: Engine,
         publish: Callable[[Effect], Awaitable[None]],
         put_view: Callable[[RunView, bool], Awaitable[None]],
-        drop_pending_work: Callable[[str], Awaitable[None]] | None = None,
         runs_in_flight: RunsInFlight | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
@@ -51,9 +50,6 @@ class Router:
         self._engine = engine
         self._publish = publish
         self._put_view = put_view
-        # After a cancel: withdraw the run's execute commands no executor has started, so no new write
-        # begins (one already running finishes and its outcome is recorded).
-        self._drop_pending_work = drop_pending_work
         # None: no limit on runs in flight (KEEL_MAX_RUNS_IN_FLIGHT=0).
         self._in_flight = runs_in_flight
         self._max_message_bytes = max_message_bytes
@@ -93,17 +89,32 @@ class Router:
                 # Decided first as a new run without reading it (`probably_new`), but it exists: a join.
                 in_flight.withdraw(trigger.tenant, trigger.run_id)
                 admitted = False
-            return self._engine.on_trigger(state, trigger, workflow)
+            events = self._engine.on_trigger(state, trigger, workflow)
+            # A new run's `run_started` is stored on its own and what follows is decided on the started
+            # run below: two checked single appends cost the server a fraction of one atomic batch.
+            return events[:1] if state is None else events
+
+        # Then move the run on from its start. For a new run that is its first step; for a redelivered
+        # trigger whose run was started by a process that stopped right after, the same decision again. A
+        # run already under way has nothing to add here (`advance` waits for what is in flight).
+        def move_on(state: RunState | None) -> Sequence[Message]:
+            nonlocal admitted
+            admitted = False  # the run is stored: it counts whatever happens next
+            return [] if state is None else self._engine.advance(state, workflow, trigger.id)
 
         try:
             try:
-                return await self._handle(workflow.name, trigger.run_id, decide, redelivered, probably_new=True)
+                return await self._handle(
+                    workflow.name, trigger.run_id, decide, redelivered, probably_new=True, then=move_on
+                )
             except NotReady:
                 # Right after a start the count is still being read: wait for it rather than guess.
                 assert in_flight is not None
                 if not await in_flight.wait_ready(ADMISSION_WAIT_SECONDS):
                     raise Redeliver(1.0, "runs in flight not counted yet") from None
-                return await self._handle(workflow.name, trigger.run_id, decide, redelivered, probably_new=True)
+                return await self._handle(
+                    workflow.name, trigger.run_id, decide, redelivered, probably_new=True, then=move_on
+                )
         except BaseException:
             if admitted and in_flight is not None:
                 in_flight.withdraw(trigger.tenant, trigger.run_id)
@@ -140,11 +151,9 @@ class Router:
                 return self._engine.on_cancel(state, cmd)
             return self._engine.on_human_input(state, cmd, workflow)
 
-        state = await self._handle(workflow.name, cmd.run_id, decide, redelivered)
-        cancelled = isinstance(cmd, CancelRun) and state is not None and state.status is RunStatus.CANCELLED
-        if cancelled and state is not None and self._drop_pending_work is not None:
-            await self._drop_pending_work(state.run_id)
-        return state
+        # A cancelled run's scheduled writes that no executor has started never start: the executor
+        # looks for the run's cancellation right before it sends a write (decision 023).
+        return await self._handle(workflow.name, cmd.run_id, decide, redelivered)
 
     async def _handle(
         self,
@@ -154,10 +163,17 @@ class Router:
         redelivered: bool,
         delivered: Delivered | None = None,
         probably_new: bool = False,
+        then: Decide | None = None,
     ) -> RunState | None:
+        """Decide and store one transition of the run; with `then`, decide and store a second one on the
+        state the first left (its own append, under the same lock), and publish and write the view once
+        for both."""
         with bound_context(run_id=run_id, workflow=workflow):
             async with self._runs.lock(run_id):
                 done = await self._transact(workflow, run_id, decide, delivered, probably_new)
+                if then is not None and done.after is not None:
+                    follow = await self._transact(workflow, run_id, then, None, trust_cache=True)
+                    done = Transaction(done.before, follow.after, done.conflicted or follow.conflicted)
                 state = done.after
                 if state is None:
                     return None
@@ -177,10 +193,16 @@ class Router:
                 return state
 
     async def _transact(
-        self, workflow: str, run_id: str, decide: Decide, delivered: Delivered | None, probably_new: bool = False
+        self,
+        workflow: str,
+        run_id: str,
+        decide: Decide,
+        delivered: Delivered | None,
+        probably_new: bool = False,
+        trust_cache: bool = False,
     ) -> Transaction:
         try:
-            return await self._runs.transact(workflow, run_id, decide, delivered, probably_new)
+            return await self._runs.transact(workflow, run_id, decide, delivered, probably_new, trust_cache)
         except NatsError as exc:
             if not refused_as_too_large(exc):
                 raise

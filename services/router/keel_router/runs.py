@@ -1,18 +1,20 @@
 """Loading runs from the event stream and storing their transitions, one writer at a time per run.
 
 A run's state is cached after it is folded; before every decision the events stored since the cached
-sequence are read and folded in, so the cache can be stale but never wrong. One read is skipped: when
-the event that woke the router sits at the very next stream sequence after the cached state, nothing
-can have been stored in between, so it is folded in as delivered (a run stepping on its own, with
-nothing interleaved, costs no read). Appends carry the run's
-last sequence: if anyone wrote in between, the append is refused, the run re-read and the decision
-made again.
+sequence are read and folded in, so the cache can be stale but never wrong. One read is skipped when
+nothing can have been stored between the cached state and the event that woke the router: the event
+sits at the very next stream sequence, or the server stored it under a sequence check that names the
+run and the cached sequence (an executor appends an outcome expecting its `step_scheduled` to be the
+run's last event, decision 023). Such an event is folded in as delivered, so a run stepping on its own
+costs no read however many other runs interleave. Appends carry the run's last sequence: if anyone
+wrote in between, the append is refused, the run re-read and the decision made again.
 """
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from keel_contracts import subjects as s
 from keel_contracts.codec import ContractViolation, decode_event
@@ -25,8 +27,24 @@ log = get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
 
-#: The stream sequence of an event a consumer was handed, and the event.
-Delivered = tuple[int | None, Message]
+
+class Delivered(NamedTuple):
+    """An event a consumer was handed: its stream sequence, the event, and the run sequence the server
+    checked was the run's last before storing it (`Nats-Expected-Last-Subject-Sequence` on the run's
+    filter), if its writer asked for that check."""
+
+    seq: int | None
+    event: Message
+    follows: int | None = None
+
+
+def checked_follows(headers: Mapping[str, str] | None, workflow: str, run_id: str) -> int | None:
+    """The run sequence a stored event was checked to follow directly, from the headers it was stored
+    with. Only a check on this run's whole filter counts: anything narrower leaves room for other events."""
+    if not headers or headers.get("Nats-Expected-Last-Subject-Sequence-Subject") != s.run_filter(workflow, run_id):
+        return None
+    value = headers.get("Nats-Expected-Last-Subject-Sequence", "")
+    return int(value) if value.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -74,8 +92,13 @@ class RunRepository:
 
     async def load(self, workflow: str, run_id: str, delivered: Delivered | None = None) -> RunState | None:
         cached = self._cache.get(run_id)
-        if cached is not None and delivered is not None and delivered[0] == cached.last_seq + 1:
-            folded = apply(cached, delivered[0], delivered[1])
+        if (
+            cached is not None
+            and delivered is not None
+            and delivered.seq is not None
+            and (delivered.seq == cached.last_seq + 1 or delivered.follows == cached.last_seq)
+        ):
+            folded = apply(cached, delivered.seq, delivered.event)
             if folded is not None:
                 self._remember(folded)
             return folded
@@ -116,6 +139,7 @@ class RunRepository:
         decide: Callable[[RunState | None], Sequence[Message]],
         delivered: Delivered | None = None,
         probably_new: bool = False,
+        trust_cache: bool = False,
     ) -> Transaction:
         """Decide on the current state and store the decision (see `Transaction`). `delivered` is the
         event (and its stream sequence) that asked for the decision, if one did.
@@ -123,6 +147,10 @@ class RunRepository:
         `probably_new` (a trigger) skips the first read of a run this process knows nothing about and
         decides as if it had no events: the append then carries "no events yet" as its sequence check,
         so a run that does exist refuses it, and the loop reads the run and decides again.
+
+        `trust_cache` decides first on the cached state without reading what was stored since: for a
+        caller that has just stored a transition of this run itself. Stale or not, the append's sequence
+        check decides; a refusal re-reads as usual.
         """
         conflicted = False
         guess = probably_new and run_id not in self._cache and run_id not in self._unstarted
@@ -137,6 +165,11 @@ class RunRepository:
                 guess = False
                 if not events:
                     continue
+            elif trust_cache and not conflicted and run_id in self._cache:
+                state = self._cache[run_id]
+                events = list(decide(state))
+                if not events:
+                    return Transaction(state, state, conflicted)
             else:
                 state = await self.load(workflow, run_id, None if conflicted else delivered)
                 events = list(decide(state))

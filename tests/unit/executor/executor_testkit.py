@@ -43,23 +43,38 @@ class MemoryClaims:
 
 
 class MemoryOutcomes:
-    """The run's event stream as far as the executor sees it: appends deduplicated by dedupe key."""
+    """The run's event stream as far as the executor sees it: appends deduplicated by dedupe key, the
+    sequence check an outcome may ask for, and cancellations stored after a sequence."""
 
     def __init__(self) -> None:
         self.events: list[Message] = []
         self._seq_of: dict[str, int] = {}
         self.next_seq = 41
+        #: For each recorded outcome, the sequence the "follows directly" check passed for (else None).
+        self.checked_follows: dict[str, int | None] = {}
+        self.cancelled_at: int | None = None
 
     async def find(self, cmd: ExecuteStep) -> int | None:
         return self._seq_of.get(outcome_key(cmd))
 
-    async def record(self, event: Message) -> int:
+    async def record(self, event: Message, follows_seq: int | None = None) -> int:
         if event.dedupe_key in self._seq_of:
             return self._seq_of[event.dedupe_key]
+        # Every event of this fake belongs to one run, so the run's last sequence is the stream's.
+        self.checked_follows[event.dedupe_key] = follows_seq if follows_seq == self.next_seq else None
         self.next_seq += 1
         self.events.append(event)
         self._seq_of[event.dedupe_key] = self.next_seq
         return self.next_seq
+
+    def cancel(self) -> int:
+        """Store the run's cancellation; returns its sequence."""
+        self.next_seq += 1
+        self.cancelled_at = self.next_seq
+        return self.next_seq
+
+    async def cancelled(self, cmd: ExecuteStep, after_seq: int) -> bool:
+        return self.cancelled_at is not None and self.cancelled_at > after_seq
 
 
 class ToolCalls:

@@ -7,7 +7,7 @@ from engine_parking_kit import decision
 from router_testkit import RunLog, succeeded, workflow
 
 from keel_contracts.approvals import ApprovalRequested, payload_hash
-from keel_contracts.commands import ExecuteStep
+from keel_contracts.attempts import execute_step_for
 from keel_contracts.events import RouteDecided, RunCompleted, RunFailed, StepScheduled
 from keel_contracts.runs import RunStatus
 from keel_router.engine import Engine
@@ -102,7 +102,7 @@ def test_the_approval_names_who_triggered_the_run_as_its_requester(engine, run_l
     assert request.body.requested_by == "ada"
 
 
-def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_execute_command(engine, run_log, make_trigger):
+def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_attempt(engine, run_log, make_trigger):
     request = to_approval(engine, run_log, make_trigger)
     assert engine.advance(run_log.run, REFUND, None) == []  # no decision yet
 
@@ -114,14 +114,9 @@ def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_execute_com
     assert route.body.writes["steps.approve"]["status"] == "granted"
     assert isinstance(scheduled, StepScheduled) and scheduled.step_id == "refund"
     assert scheduled.body.approval_ids == [request.body.approval_id]
-    (effect,) = engine.effects(run_log.run)
-    assert isinstance(effect.message, ExecuteStep)
-    assert effect.message.body.approval_id == request.body.approval_id
-    assert (
-        effect.message.body.approved_payload_hash
-        == request.body.payload_hash
-        == payload_hash(effect.message.body.input)
-    )
+    attempt = execute_step_for(scheduled)  # what the executor runs
+    assert attempt.body.approval_id == request.body.approval_id
+    assert attempt.body.approved_payload_hash == request.body.payload_hash == payload_hash(attempt.body.input)
     run_log.append([succeeded(run_log.run, {"refund_id": "re_1"})])
     (done,) = run_log.append(engine.advance(run_log.run, REFUND, None))
     assert isinstance(done, RunCompleted) and done.body.output == {"refund": {"refund_id": "re_1"}}

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from router_testkit import T0, RunLog, failed, succeeded, workflow
 
-from keel_contracts import subjects as s
 from keel_contracts import timers
-from keel_contracts.commands import ExecuteStep, TriggerRun
+from keel_contracts.attempts import execute_step_for
+from keel_contracts.commands import TriggerRun, execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
@@ -545,29 +545,23 @@ def test_a_fail_step_fails_the_run_with_its_error_and_rendered_cause(engine, run
 # --- effects -----------------------------------------------------------------------------------------
 
 
-def test_effects_of_an_attempt_in_flight_are_its_execute_command_deduplicated_by_command_id(
-    engine, run_log, make_trigger
-):
-    start(engine, run_log, THREE_STEPS, make_trigger("orders", ORDER))
+def test_an_attempt_in_flight_needs_no_effect_its_scheduled_event_is_the_executors_work(engine, run_log, make_trigger):
+    (_, scheduled) = start(engine, run_log, THREE_STEPS, make_trigger("orders", ORDER))[-2:]
     attempt = run_log.run.in_flight
-    assert attempt is not None
+    assert attempt is not None and isinstance(scheduled, StepScheduled)
 
-    (effect,) = engine.effects(run_log.run)
+    assert engine.effects(run_log.run) == []
 
-    cmd = effect.message
-    assert isinstance(cmd, ExecuteStep)
-    assert effect.subject == s.execute_subject(run_log.run.run_id)
-    assert effect.dedupe_key == attempt.command_id == cmd.dedupe_key
-    assert effect.headers is None
+    cmd = execute_step_for(scheduled)
+    assert cmd.dedupe_key == attempt.command_id
     assert (cmd.step_id, cmd.attempt) == ("lookup", 1)
     assert cmd.body.tool == "crm.lookup"
     assert cmd.body.input == attempt.input
     assert cmd.body.idempotency_key == attempt.idempotency_key
     assert cmd.body.timeout_seconds == attempt.timeout_seconds
     assert cmd.correlation_id == run_log.run.correlation_id
-    # Publishing the effects again (after a crash) publishes the very same command.
-    (again,) = engine.effects(run_log.run)
-    assert again.message.id == cmd.id
+    # The outcome of that attempt (caused by its id) is matched to the attempt in flight.
+    assert cmd.id == execute_message_id(attempt.command_id)
 
 
 def test_effects_of_a_pending_retry_are_a_timer_schedule_at_the_due_time(engine, run_log, make_trigger):
@@ -668,17 +662,14 @@ def test_a_retry_in_a_later_visit_of_a_looped_step_has_its_own_dedupe_key(engine
     assert second_retry.dedupe_key != first_retry.dedupe_key
 
 
-def test_the_execute_command_of_a_write_step_says_it_is_a_write(engine, run_log, make_trigger):
+def test_the_attempt_of_a_write_step_says_it_is_a_write(engine, run_log, make_trigger):
     start(engine, run_log, THREE_STEPS, make_trigger("orders", ORDER))
     run_log.append([succeeded(run_log.run, {"account": "acc-7", "email": "ada@example.com"})])
     (scheduled,) = run_log.append(engine.advance(run_log.run, THREE_STEPS, None))
     assert isinstance(scheduled, StepScheduled)
     assert scheduled.body.side_effect == "write"
 
-    (effect,) = engine.effects(run_log.run)
-
-    assert isinstance(effect.message, ExecuteStep)
-    assert effect.message.body.side_effect == "write"
+    assert execute_step_for(scheduled).body.side_effect == "write"
 
 
 def test_choices_that_route_in_a_circle_without_running_a_step_fail_the_run(engine, run_log, make_trigger):

@@ -1,14 +1,18 @@
 """A router append that is stored but whose acknowledgement is lost (a leader failover) must not leave the
-run without its command: the retry is refused by the sequence check, the re-read finds our own events
-with nothing left to decide, and the effects are published all the same."""
+run without what it needs to move on: the retry is refused by the sequence check, the re-read finds our
+own events with nothing left to decide, and the effects (here, a retry's timer) are published all the
+same. (An attempt's own work needs no effect: its stored `step_scheduled` is what executors consume.)"""
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from router_testkit import failed
+
 from keel_contracts.codec import encode
-from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
+from keel_contracts.errors import ErrorClass
 from keel_contracts.runs import RunView
+from keel_contracts.timers import TimerFired
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
@@ -21,7 +25,11 @@ WORKFLOW = load_workflow_text(
     """
 name: lossy
 steps:
-  - {id: one, kind: tool, tool: demo.echo}
+  - id: one
+    kind: tool
+    tool: demo.echo
+    retry:
+      - {error_equals: [transient], interval_seconds: 5}
   - {id: two, kind: tool, tool: demo.echo}
 """,
     "lossy.yaml",
@@ -69,11 +77,16 @@ async def test_effects_are_published_when_our_own_append_was_stored_but_its_ack_
         publish,
         put_view,
     )
-    store.lose_next_ack = True
     state = await router.on_trigger(build_trigger("lossy", {}, "k-1"), redelivered=False)
-
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
-    assert len(store.events) == 2  # run_started + step_scheduled, stored once
-    commands = [e.message for e in published if isinstance(e.message, ExecuteStep)]
-    assert [c.step_id for c in commands] == ["one"]
-    assert views and views[-1].current_step == "one"
+    assert published == []  # the stored step_scheduled is the executor's work
+    store.events.append(StoredEvent(3, "keel.run.x.step_failed", encode(failed(state, ErrorClass.TRANSIENT))))
+
+    store.lose_next_ack = True
+    state = await router.on_run_changed("lossy", state.run_id, redelivered=False)
+
+    assert state is not None and state.pending_retry is not None
+    assert len(store.events) == 4  # run_started, step_scheduled, step_failed, retry_scheduled: stored once
+    timers = [e.message for e in published if isinstance(e.message, TimerFired)]
+    assert [(t.step_id, t.body.next_attempt) for t in timers] == [("one", 2)]
+    assert views and views[-1].last_seq == 4

@@ -3,14 +3,17 @@
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
+
+from keel_contracts.attempts import execute_step_for
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.envelope import Message
-from keel_contracts.events import StepSucceeded, StepSucceededBody
+from keel_contracts.events import StepScheduled, StepSucceeded, StepSucceededBody
 from keel_contracts.runs import RunStatus, RunView
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
-from keel_router.runs import RunRepository
+from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.workflow.loader import load_workflow_text
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
 from keel_shared.triggers import build_trigger
@@ -53,8 +56,10 @@ class CountingStore:
         return [self.store(m) for m in messages][-1]
 
 
-def outcome_of(effect: Effect) -> StepSucceeded:
-    cmd = effect.message
+def outcome_of(store: CountingStore) -> StepSucceeded:
+    """The outcome of the attempt most recently scheduled in the store, as an executor reports it."""
+    scheduled = [event for _, stored in store.events if isinstance(event := decode_event(stored.data), StepScheduled)]
+    cmd = execute_step_for(scheduled[-1])
     return StepSucceeded(
         run_id=cmd.run_id,
         workflow=cmd.workflow,
@@ -66,6 +71,10 @@ def outcome_of(effect: Effect) -> StepSucceeded:
         dedupe_key=f"{cmd.dedupe_key}:outcome",
         body=StepSucceededBody(tool="demo.echo", output={}, started_at=T0, finished_at=T0, executor_id="ex-1"),
     )
+
+
+def scheduled_seq(store: CountingStore) -> int:
+    return max(e.seq for _, e in store.events if decode_event(e.data).type == "step_scheduled")
 
 
 def make_router(store: CountingStore) -> tuple[Router, list[Effect]]:
@@ -111,13 +120,13 @@ async def test_a_trigger_for_a_run_that_exists_elsewhere_joins_it_after_the_refu
 
 async def test_an_outcome_at_the_next_sequence_is_folded_in_as_delivered() -> None:
     store = CountingStore()
-    router, published = make_router(store)
+    router, _ = make_router(store)
     started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
     assert started is not None
-    outcome = outcome_of(published[-1])
+    outcome = outcome_of(store)
     seq = store.store(outcome)
 
-    state = await router.on_run_changed("two", started.run_id, False, delivered=(seq, outcome))
+    state = await router.on_run_changed("two", started.run_id, False, delivered=Delivered(seq, outcome))
 
     assert store.reads == 0
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "two"
@@ -125,14 +134,114 @@ async def test_an_outcome_at_the_next_sequence_is_folded_in_as_delivered() -> No
 
 async def test_an_outcome_after_a_gap_is_decided_on_a_fresh_read() -> None:
     store = CountingStore()
-    router, published = make_router(store)
+    router, _ = make_router(store)
     started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
     assert started is not None
-    store.store(outcome_of(published[-1]).model_copy(update={"run_id": "someone-else"}))  # another run's event
-    outcome = outcome_of(published[-1])
+    outcome = outcome_of(store)
+    store.store(outcome.model_copy(update={"run_id": "someone-else"}))  # another run's event
     seq = store.store(outcome)
 
-    state = await router.on_run_changed("two", started.run_id, False, delivered=(seq, outcome))
+    state = await router.on_run_changed("two", started.run_id, False, delivered=Delivered(seq, outcome))
 
     assert store.reads == 1
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "two"
+
+
+async def test_an_outcome_after_a_gap_that_the_server_checked_follows_the_run_is_folded_in_without_a_read() -> None:
+    store = CountingStore()
+    router, _ = make_router(store)
+    started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+    assert started is not None
+    outcome = outcome_of(store)
+    store.store(outcome.model_copy(update={"run_id": "someone-else"}))  # other runs interleave
+    seq = store.store(outcome)
+
+    delivered = Delivered(seq, outcome, follows=scheduled_seq(store))
+    state = await router.on_run_changed("two", started.run_id, False, delivered=delivered)
+
+    assert store.reads == 0
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "two"
+
+
+async def test_an_outcome_checked_against_an_older_sequence_than_the_cached_one_is_read_first() -> None:
+    store = CountingStore()
+    router, _ = make_router(store)
+    started = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+    assert started is not None
+    outcome = outcome_of(store)
+    store.store(outcome.model_copy(update={"run_id": "someone-else"}))
+    seq = store.store(outcome)
+
+    delivered = Delivered(seq, outcome, follows=scheduled_seq(store) - 1)
+    await router.on_run_changed("two", started.run_id, False, delivered=delivered)
+
+    assert store.reads == 1
+
+
+def test_only_a_check_on_the_whole_run_says_what_an_event_follows() -> None:
+    run_wide = {
+        "Nats-Expected-Last-Subject-Sequence": "17",
+        "Nats-Expected-Last-Subject-Sequence-Subject": "keel.run.two.r1.>",
+    }
+    assert checked_follows(run_wide, "two", "r1") == 17
+    assert checked_follows(run_wide, "two", "r2") is None  # another run's check
+    narrower = {**run_wide, "Nats-Expected-Last-Subject-Sequence-Subject": "keel.run.two.r1.executor.*"}
+    assert checked_follows(narrower, "two", "r1") is None
+    assert checked_follows({"Nats-Expected-Last-Subject-Sequence": "17"}, "two", "r1") is None  # no subject
+    assert checked_follows({**run_wide, "Nats-Expected-Last-Subject-Sequence": "x"}, "two", "r1") is None
+    assert checked_follows(None, "two", "r1") is None
+
+
+class AppendLog(CountingStore):
+    """Also remembers how many events each append stored, and can stop after a number of appends."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.stop_after = stop_after
+
+    async def append(self, messages: Sequence[Message], expected_last_seq: int) -> int:
+        if self.stop_after is not None and len(self.sizes) >= self.stop_after:
+            raise RuntimeError("the process stopped here")
+        seq = await super().append(messages, expected_last_seq)
+        self.sizes.append(len(messages))
+        return seq
+
+
+async def test_a_new_run_is_stored_as_single_appends_not_an_atomic_batch() -> None:
+    store = AppendLog()
+    router, _ = make_router(store)  # type: ignore[arg-type]
+
+    state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+
+    assert store.sizes == [1, 1]  # run_started, then step_scheduled decided on the started run
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled"]
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
+    assert store.reads == 0
+
+
+async def test_a_redelivered_trigger_moves_on_a_run_whose_start_was_stored_alone() -> None:
+    store = AppendLog(stop_after=1)  # the process stops after storing run_started
+    first, _ = make_router(store)  # type: ignore[arg-type]
+    trigger = build_trigger("two", {}, "k-1")
+    with pytest.raises(RuntimeError):
+        await first.on_trigger(trigger, redelivered=False)
+    store.stop_after = None
+    again, _ = make_router(store)  # type: ignore[arg-type]  # another process gets the trigger again
+
+    state = await again.on_trigger(trigger, redelivered=True)
+
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled"]
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
+    assert len(state.triggers) == 1  # the same trigger, not a join
+
+
+async def test_a_second_trigger_for_a_run_under_way_joins_it_and_schedules_nothing_more() -> None:
+    store = AppendLog()
+    router, _ = make_router(store)  # type: ignore[arg-type]
+    await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+
+    state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
+
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled", "trigger_joined"]
+    assert state is not None and len(state.triggers) == 2

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from router_testkit import T0, RunLog, failed, workflow
 
-from keel_contracts.commands import ExecuteStep, VerifySpec
+from keel_contracts.attempts import execute_step_for
+from keel_contracts.commands import VerifySpec
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import RetryScheduled, RunFailed, StepFailed, StepScheduled
 from keel_contracts.timers import TimerFired
@@ -51,7 +52,7 @@ def fail_with_retry_after(engine: Engine, log: RunLog, retry_after: float | None
     return log.append(engine.advance(log.run, REFUND, None))
 
 
-def test_the_verify_call_is_rendered_with_the_attempt_and_sent_with_the_command(engine, run_log, make_trigger):
+def test_the_verify_call_is_rendered_with_the_attempt_and_carried_to_the_executor(engine, run_log, make_trigger):
     out = start(engine, run_log, make_trigger, {"charge": 7, "amount": 500, "customer": "alice"})
 
     scheduled = out[-1]
@@ -61,10 +62,9 @@ def test_the_verify_call_is_rendered_with_the_attempt_and_sent_with_the_command(
         input={"charge_id": 7, "key": "refund-7", "try": 1, "customer": "alice"},
     )
     assert scheduled.body.verify == expected
-    (effect,) = engine.effects(run_log.run)
-    assert isinstance(effect.message, ExecuteStep)
-    assert effect.message.body.verify == expected
-    assert effect.message.body.side_effect == "write"
+    attempt = execute_step_for(scheduled)  # what the executor runs
+    assert attempt.body.verify == expected
+    assert attempt.body.side_effect == "write"
 
 
 def test_a_retry_renders_verify_again_with_its_own_attempt_number(engine, run_log, make_trigger):
@@ -91,8 +91,7 @@ def test_a_step_without_verify_sends_none(engine, make_trigger):
     out = log.append(engine.on_trigger(None, make_trigger("plain"), plain))
 
     assert isinstance(out[-1], StepScheduled) and out[-1].body.verify is None
-    (effect,) = engine.effects(log.run)
-    assert effect.message.body.verify is None
+    assert execute_step_for(out[-1]).body.verify is None
 
 
 def test_a_verify_template_that_cannot_render_fails_the_run_before_any_write(engine, run_log, make_trigger):

@@ -83,11 +83,11 @@ def test_an_invalid_source_token_is_refused(source: str):
     [
         ("keel.run.orders.r-1.router.run_started", "r-1"),
         ("keel.run.orders.r-1", "r-1"),
-        ("keel.cmd.executor.execute.r-2", "r-2"),
+        ("keel.cmd.router.cancel.r-2", "r-2"),
         ("keel.trigger.cli", None),
         ("keel.dlq.router.invalid", None),
         ("keel.run.orders", None),
-        ("keel.cmd.executor.execute", None),
+        ("keel.cmd.router.cancel", None),
         ("other.run.orders.r-1", None),
         ("", None),
     ],
@@ -98,4 +98,5 @@ def test_run_id_from_subject(subject: str, run_id: str | None):
 
 def test_run_id_from_subject_finds_the_run_of_every_subject_keel_builds():
     assert run_id_from_subject(s.event_subject("orders", "r-9", s.ROUTER, "run_started")) == "r-9"
-    assert run_id_from_subject(s.execute_subject("r-9")) == "r-9"
+    assert run_id_from_subject(s.router_cancel_subject("r-9")) == "r-9"
+    assert run_id_from_subject(s.router_input_subject("r-9")) == "r-9"
