@@ -39,10 +39,12 @@ class Delivery:
     """One delivered message and how it is settled: ack, negative ack (with a delay), reject (term),
     or "still working" (in progress). `committed` says it was settled."""
 
-    __slots__ = ("committed", "raw_message")
+    __slots__ = ("committed", "metadata", "raw_message")
 
     def __init__(self, raw: Msg) -> None:
         self.raw_message = raw
+        # Parsed once: nats-py parses the reply subject again on every `Msg.metadata`.
+        self.metadata: Msg.Metadata = raw.metadata
         self.committed = False
 
     async def ack(self) -> None:
@@ -72,7 +74,7 @@ def current_message() -> Delivery:
 
 def redelivered() -> bool:
     """Whether the running handler's message has been delivered before."""
-    return (_CURRENT.get().raw_message.metadata.num_delivered or 1) > 1
+    return (_CURRENT.get().metadata.num_delivered or 1) > 1
 
 
 class Redeliver(Exception):
@@ -127,7 +129,7 @@ class Guard:
 
     async def __call__(self, raw: Msg) -> None:
         msg = Delivery(raw)
-        delivered = raw.metadata.num_delivered or 1
+        delivered = msg.metadata.num_delivered or 1
         started = time.perf_counter()
         token = _CURRENT.set(msg)
         try:
@@ -171,7 +173,7 @@ class Guard:
 
     async def _refuse(self, msg: Delivery, reason: str, detail: str) -> None:
         raw = msg.raw_message
-        meta = raw.metadata
+        meta = msg.metadata
         await dead_letter(
             self._js(),
             service=self._service,

@@ -79,12 +79,12 @@ def fixed_sensitive_paths(*pointers: str) -> SensitivePaths:
 
 class EventRecord(NamedTuple):
     record: dict[str, Any]
-    integers_only: bool  # no number in it needs JCS's own formatting (canonical.canonical_bytes)
+    plain_numbers: bool  # no number in it needs JCS's own formatting (canonical.canonical_bytes)
 
 
 def event_record(source: SourceRecord, *, headers: Mapping[str, str] | None = None) -> EventRecord:
     """The log record of one stream message, before any redaction."""
-    is_json, body, integers_only = parse_json_body(source.data)
+    is_json, body, plain_numbers = parse_json_body(source.data)
     record: dict[str, Any] = {
         "t": EVENT,
         "v": RECORD_VERSION,
@@ -96,7 +96,7 @@ def event_record(source: SourceRecord, *, headers: Mapping[str, str] | None = No
         "headers": kept_headers(source.headers) if headers is None else dict(headers),
     }
     record["data" if is_json else "data_b64"] = body
-    return EventRecord(record, integers_only)
+    return EventRecord(record, plain_numbers)
 
 
 def gap_record(stream: str, from_seq: int, to_seq: int) -> dict[str, Any]:

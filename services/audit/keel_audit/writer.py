@@ -279,8 +279,8 @@ class SegmentWriter:
         if self._broken is not None:
             raise AuditError(f"writer must be reopened: {self._broken}")
 
-    def _add(self, record: dict[str, Any], integers_only: bool = False) -> None:
-        line = canonical_bytes(record, integers_only=integers_only)
+    def _add(self, record: dict[str, Any], plain_numbers: bool = False) -> None:
+        line = canonical_bytes(record, plain_numbers=plain_numbers)
         self._open.lines.append(line)
         self._open.hashes.append(leaf_hash(line))
 
@@ -294,9 +294,9 @@ class SegmentWriter:
         if source.seq <= segment.last_seq:
             return AppendResult(AppendStatus.PENDING_DUPLICATE)
         if source.seq > segment.last_seq + 1:
-            self._add(gap_record(self._stream, segment.last_seq + 1, source.seq - 1), integers_only=True)
+            self._add(gap_record(self._stream, segment.last_seq + 1, source.seq - 1), plain_numbers=True)
             segment.gap_count += 1
-        record, integers_only = event_record(source)
+        record, plain_numbers = event_record(source)
         pointers = self._sensitive(source.subject, record[body_field(record)])
         record, payload = redact_record(record, pointers)
         if payload is not None:
@@ -304,7 +304,7 @@ class SegmentWriter:
                 raise AuditError("sensitive fields are configured but the writer has no payload store")
             # The clear payload is stored before the segment that commits to it (write order).
             self._payloads.put(payload)
-        self._add(record, integers_only)
+        self._add(record, plain_numbers)
         segment.event_count += 1
         segment.last_seq = source.seq
         moment = source.time.astimezone(UTC)

@@ -74,7 +74,7 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
         cmd = execute_step_for(scheduled)
         with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
             msg = current_message()
-            meta = msg.raw_message.metadata
+            meta = msg.metadata
             seq = meta.sequence.stream if meta.sequence else None
             beat = asyncio.create_task(_heartbeat(msg, settings.heartbeat_seconds))
             try:

@@ -104,9 +104,9 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
         decode=lambda data: decode_event(data, max_bytes),
     )
     async def on_outcome(event: RunEvent) -> None:
-        raw = current_message().raw_message
-        seq = raw.metadata.sequence.stream if raw.metadata.sequence else None
-        delivered = Delivered(seq, event, checked_follows(raw.headers, event.workflow, event.run_id))
+        msg = current_message()
+        seq = msg.metadata.sequence.stream if msg.metadata.sequence else None
+        delivered = Delivered(seq, event, checked_follows(msg.raw_message.headers, event.workflow, event.run_id))
         await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=delivered)
 
     @runtime.pull_subscriber(

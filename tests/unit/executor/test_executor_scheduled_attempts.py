@@ -144,6 +144,7 @@ def test_the_attempt_of_a_step_scheduled_event_carries_everything_the_executor_n
     cmd = execute_step_for(event)
 
     assert cmd == execute_step_for(event)  # deterministic: every delivery is the same attempt
+    assert ExecuteStep.model_validate_json(cmd.model_dump_json()) == cmd  # a valid attempt, though not re-checked
     assert (cmd.run_id, cmd.workflow, cmd.tenant, cmd.step_id, cmd.attempt) == ("r-1", "orders", "acme", "charge", 2)
     assert cmd.dedupe_key == "r-1:charge:1:2"
     assert cmd.id == execute_message_id("r-1:charge:1:2")
