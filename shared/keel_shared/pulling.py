@@ -166,13 +166,16 @@ class PullConsumer:
             log.warning("pull_request_failed", durable=self.durable, error=f"{type(exc).__name__}: {exc}")
 
     async def _watch(self) -> None:
-        """Replace requests the server no longer holds: after a reconnect to a restarted server, nothing
-        (not even a heartbeat) comes back for them."""
+        """Replace requests the server no longer holds: after a reconnect (a restarted server forgets
+        them), or when nothing, not even a heartbeat, has come back for three heartbeat periods."""
+        reconnects = self._nc.stats["reconnects"]
         while True:
-            await asyncio.sleep(self._heartbeat)
+            await asyncio.sleep(min(self._heartbeat, 1.0))
             silent = time.monotonic() - self._last_heard
-            if self._requested and silent > 3 * self._heartbeat:
-                log.info("pull_requests_lost", durable=self.durable, silent_s=round(silent, 1))
+            reconnected = self._nc.stats["reconnects"] != reconnects and self._nc.is_connected
+            if reconnected or (self._requested and silent > 3 * self._heartbeat):
+                log.info("pull_requests_lost", durable=self.durable, silent_s=round(silent, 1), reconnected=reconnected)
+                reconnects = self._nc.stats["reconnects"]
                 self._requested = 0
                 self._last_heard = time.monotonic()
             await self._pull()
