@@ -117,15 +117,19 @@ class PullConsumer:
             return
         if status == "100":  # idle heartbeat (or flow control): the requests are alive
             return
-        # 404/408: a request ended with messages it never got (the server says how many); 409: the server
-        # dropped requests (leadership change, consumer deleted or changed, too many waiting).
+        # 404/408: a request ended with messages it never got, and the server says how many.
         pending = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
-        if pending is not None and pending.isdigit():
+        if status in ("404", "408") and pending is not None and pending.isdigit():
             self._requested = max(0, self._requested - int(pending))
-        elif status == "409":
-            log.info("pull_requests_dropped", durable=self.durable, reason=(msg.headers or {}).get("Description"))
-            self._requested = 0
-        await self._pull()
+            await self._pull()
+            return
+        # Anything else (409: requests dropped on a leadership change, a changed or deleted consumer, too
+        # many waiting; 503: no JetStream to answer) leaves the count unknown: start it over, and let the
+        # watchdog ask again within a second rather than at once, so a persistent refusal is no busy loop.
+        log.info(
+            "pull_requests_dropped", durable=self.durable, status=status, reason=(msg.headers or {}).get("Description")
+        )
+        self._requested = 0
 
     def _start(self, msg: Msg) -> None:
         task = asyncio.create_task(self._run(msg))
