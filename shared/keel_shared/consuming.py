@@ -62,6 +62,11 @@ class Delivery:
     async def in_progress(self) -> None:
         await self.raw_message.in_progress()
 
+    @property
+    def stream_seq(self) -> int | None:
+        """The message's sequence in its stream."""
+        return self.metadata.sequence.stream if self.metadata.sequence else None
+
 
 _CURRENT: ContextVar[Delivery] = ContextVar("keel_current_message")
 
@@ -125,7 +130,9 @@ class Guard:
         self._handler = handler
         self._history = history_getter
         self._seconds = HANDLER_SECONDS.labels(service, consumer)
-        self._outcomes = {kind: MESSAGES_HANDLED.labels(service, consumer, kind) for kind in ("ack", "nak")}
+        self._outcomes = {
+            kind: MESSAGES_HANDLED.labels(service, consumer, kind) for kind in ("ack", "nak", "dead_letter")
+        }
 
     async def __call__(self, raw: Msg) -> None:
         msg = Delivery(raw)
@@ -184,11 +191,11 @@ class Guard:
             data=raw.data,
             headers=raw.headers,
             stream=meta.stream,
-            stream_seq=meta.sequence.stream if meta.sequence else None,
+            stream_seq=msg.stream_seq,
             num_delivered=meta.num_delivered or 1,
         )
         await msg.reject()
-        MESSAGES_HANDLED.labels(self._service, self._consumer, "dead_letter").inc()
+        self._outcomes["dead_letter"].inc()
 
 
 async def _history(history_of: HistoryOf | None, raw: Msg) -> str | None:

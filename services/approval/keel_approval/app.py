@@ -89,8 +89,7 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
         decode=lambda data: decode(ApprovalRequested, data, settings.max_message_bytes),
     )
     async def on_request(event: ApprovalRequested) -> None:
-        meta = current_message().metadata
-        seq = meta.sequence.stream if meta.sequence else 0
+        seq = current_message().stream_seq or 0
         with bound_context(run_id=event.run_id, approval_id=event.body.approval_id):
             await service.on_requested(event, seq)
 

@@ -74,11 +74,9 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
         cmd = execute_step_for(scheduled)
         with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
             msg = current_message()
-            meta = msg.metadata
-            seq = meta.sequence.stream if meta.sequence else None
             beat = asyncio.create_task(_heartbeat(msg, settings.heartbeat_seconds))
             try:
-                result = await (await get_executor()).execute(cmd, seq, first_delivery=not redelivered())
+                result = await (await get_executor()).execute(cmd, msg.stream_seq, first_delivery=not redelivered())
             except ClaimLost as exc:
                 raise Redeliver(settings.ack_wait_seconds, str(exc)) from exc
             except Exception as exc:

@@ -105,8 +105,8 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     )
     async def on_outcome(event: RunEvent) -> None:
         msg = current_message()
-        seq = msg.metadata.sequence.stream if msg.metadata.sequence else None
-        delivered = Delivered(seq, event, checked_follows(msg.raw_message.headers, event.workflow, event.run_id))
+        follows = checked_follows(msg.raw_message.headers, event.workflow, event.run_id)
+        delivered = Delivered(msg.stream_seq, event, follows)
         await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=delivered)
 
     @runtime.pull_subscriber(

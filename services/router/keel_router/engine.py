@@ -128,19 +128,9 @@ class Engine:
         return self._emit.env(state, dedupe_key, causation_id, **extra)
 
     # --- triggers ----------------------------------------------------------------------------------
-    def on_trigger(self, state: RunState | None, trigger: TriggerRun, workflow: Workflow) -> list[Message]:
-        if state is not None:
-            if trigger.id in state.triggers:
-                return []  # this very trigger was already handled (a redelivery)
-            return [
-                TriggerJoined(
-                    **self._env(state, f"{state.run_id}:joined:{trigger.id}", trigger.id),
-                    body=TriggerJoinedBody(
-                        intent_key=trigger.body.intent_key, source=trigger.body.source, trigger_id=trigger.id
-                    ),
-                )
-            ]
-        started = RunStarted(
+    def start(self, trigger: TriggerRun, workflow: Workflow) -> RunStarted:
+        """The `run_started` of a new run for `trigger` (what follows it is `advance` on the started run)."""
+        return RunStarted(
             run_id=trigger.run_id,
             workflow=trigger.workflow,
             tenant=trigger.tenant,
@@ -158,6 +148,20 @@ class Engine:
                 triggered_by=trigger.actor,
             ),
         )
+
+    def on_trigger(self, state: RunState | None, trigger: TriggerRun, workflow: Workflow) -> list[Message]:
+        if state is not None:
+            if trigger.id in state.triggers:
+                return []  # this very trigger was already handled (a redelivery)
+            return [
+                TriggerJoined(
+                    **self._env(state, f"{state.run_id}:joined:{trigger.id}", trigger.id),
+                    body=TriggerJoinedBody(
+                        intent_key=trigger.body.intent_key, source=trigger.body.source, trigger_id=trigger.id
+                    ),
+                )
+            ]
+        started = self.start(trigger, workflow)
         fresh = apply(None, 1, started)
         assert fresh is not None
         return [started, *self.advance(fresh, workflow, trigger.id)]

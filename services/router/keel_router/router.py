@@ -89,10 +89,11 @@ class Router:
                 # Decided first as a new run without reading it (`probably_new`), but it exists: a join.
                 in_flight.withdraw(trigger.tenant, trigger.run_id)
                 admitted = False
-            events = self._engine.on_trigger(state, trigger, workflow)
-            # A new run's `run_started` is stored on its own and what follows is decided on the started
-            # run below: two checked single appends cost the server a fraction of one atomic batch.
-            return events[:1] if state is None else events
+            if state is None:
+                # A new run's `run_started` is stored on its own and what follows is decided on the started
+                # run below: two checked single appends cost the server a fraction of one atomic batch.
+                return [self._engine.start(trigger, workflow)]
+            return self._engine.on_trigger(state, trigger, workflow)
 
         # Then move the run on from its start. For a new run that is its first step; for a redelivered
         # trigger whose run was started by a process that stopped right after, the same decision again. A

@@ -165,13 +165,11 @@ class RunRepository:
                 guess = False
                 if not events:
                     continue
-            elif trust_cache and not conflicted and run_id in self._cache:
-                state = self._cache[run_id]
-                events = list(decide(state))
-                if not events:
-                    return Transaction(state, state, conflicted)
             else:
-                state = await self.load(workflow, run_id, None if conflicted else delivered)
+                if trust_cache and not conflicted and run_id in self._cache:
+                    state = self._cache[run_id]
+                else:
+                    state = await self.load(workflow, run_id, None if conflicted else delivered)
                 events = list(decide(state))
                 if not events:
                     return Transaction(state, state, conflicted)
