@@ -175,7 +175,12 @@ async def test_messages_over_the_size_limit_are_refused_by_the_server_or_dead_le
 async def test_valid_triggers_with_hostile_content_run_and_keep_it_as_inert_data(
     badinput_stack: BadInputStack,
 ) -> None:
-    cases = list(zip(draw_many(hostile_intent_key, 12), draw_many(hostile_trigger_input, 12), strict=False))
+    drawn = zip(draw_many(hostile_intent_key, 12), draw_many(hostile_trigger_input, 12), strict=False)
+    # One case per intent key: hypothesis may draw a key twice, and two triggers with one key are one run
+    # by design (the second joins and finds the first one's input), which is not what this test checks.
+    cases: dict[str, dict[str, Any]] = {}
+    for key, data in drawn:
+        cases.setdefault(key, data)
     async with await badinput_stack.handle.client() as keel:
 
         async def one(key: str, data: dict[str, Any]) -> str | None:
@@ -195,7 +200,7 @@ async def test_valid_triggers_with_hostile_content_run_and_keep_it_as_inert_data
                 return f"key {key!r}: ledger account {outputs['post']['account']!r}"
             return None
 
-        problems = [p for p in await gather_limited((one(k, d) for k, d in cases), limit=6) if p]
+        problems = [p for p in await gather_limited((one(k, d) for k, d in cases.items()), limit=6) if p]
     assert not problems, "\n".join(problems)
     await assert_all_alive_and_healthy(badinput_stack)
 
