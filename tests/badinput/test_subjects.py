@@ -176,11 +176,13 @@ async def test_valid_triggers_with_hostile_content_run_and_keep_it_as_inert_data
     badinput_stack: BadInputStack,
 ) -> None:
     drawn = zip(draw_many(hostile_intent_key, 12), draw_many(hostile_trigger_input, 12), strict=False)
-    # One case per intent key: hypothesis may draw a key twice, and two triggers with one key are one run
-    # by design (the second joins and finds the first one's input), which is not what this test checks.
+    # One run per case: hypothesis may draw a key twice, here or in another test on this session-wide
+    # stack (say "0"), and two triggers with one key are one run by design (the second joins and finds
+    # the first one's input), which is not what this test checks. A fresh prefix keeps every key apart.
+    prefix = uuid.uuid4().hex[:8]
     cases: dict[str, dict[str, Any]] = {}
     for key, data in drawn:
-        cases.setdefault(key, data)
+        cases.setdefault(f"{prefix}-{key}"[:512], data)
     async with await badinput_stack.handle.client() as keel:
 
         async def one(key: str, data: dict[str, Any]) -> str | None:
