@@ -17,6 +17,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
 from keel_contracts import subjects as s
@@ -118,6 +119,17 @@ class KeelClient:
         self.tenant = tenant
         self._timeout = timeout
         self._events = EventStore(nc, self.js, "client", timeout=timeout)
+        self._runs_kv: KeyValue | None = None
+
+    async def _runs_bucket(self) -> KeyValue:
+        # Binding a bucket asks the server for its stream info: once per client, not once per read (a
+        # dashboard or a poll reads views many times, and during a failover every API call can time out).
+        if self._runs_kv is None:
+            try:
+                self._runs_kv = await self.js.key_value(s.RUNS_BUCKET)
+            except BucketNotFoundError:
+                raise KeelError("Keel is not initialised on this server (run `keel init` or `keel up`)") from None
+        return self._runs_kv
 
     @classmethod
     async def connect(cls, url: str, tenant: str = "default", **options: Any) -> "KeelClient":
@@ -269,10 +281,7 @@ class KeelClient:
 
     # --- reading -----------------------------------------------------------------------------------
     async def runs(self, status: str | None = None) -> list[RunView]:
-        try:
-            kv = await self.js.key_value(s.RUNS_BUCKET)
-        except BucketNotFoundError:
-            raise KeelError("Keel is not initialised on this server (run `keel init` or `keel up`)") from None
+        kv = await self._runs_bucket()
         views = []
         try:
             keys = await kv.keys()
@@ -289,7 +298,7 @@ class KeelClient:
         return sorted(views, key=lambda v: v.started_at)
 
     async def run(self, run_id: str) -> RunView | None:
-        kv = await self.js.key_value(s.RUNS_BUCKET)
+        kv = await self._runs_bucket()
         try:
             entry = await kv.get(view_key(run_id))
         except KeyNotFoundError:
