@@ -13,23 +13,6 @@ from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 from keel_contracts.errors import ErrorClass
 
 
-class RunStartedBody(Body):
-    intent_key: KeyText
-    source: Token
-    trigger_id: KeyText
-    input: dict[str, JsonValue]
-    workflow_version: Annotated[int, Field(ge=0)] = 0
-    # Who asked for the run (the trigger's actor): the requester of its approvals, who may not approve them.
-    triggered_by: Annotated[str, Field(max_length=256)] = ""
-
-
-class RunStarted(Message):
-    """The first event of every run: the trigger that started it, with its input."""
-
-    type: Literal["run_started"] = "run_started"
-    body: RunStartedBody
-
-
 class TriggerJoinedBody(Body):
     intent_key: KeyText
     source: Token
@@ -67,6 +50,49 @@ class StepScheduled(Message):
 
     type: Literal["step_scheduled"] = "step_scheduled"
     body: StepScheduledBody
+
+
+class RunStartedBody(Body):
+    intent_key: KeyText
+    source: Token
+    trigger_id: KeyText
+    input: dict[str, JsonValue]
+    workflow_version: Annotated[int, Field(ge=0)] = 0
+    # Who asked for the run (the trigger's actor): the requester of its approvals, who may not approve them.
+    triggered_by: Annotated[str, Field(max_length=256)] = ""
+    # The run's first attempt when its first step is a tool step, stored in the same message so a run
+    # starts with one acknowledged write, not two (decision 025): executors consume `run_started` too.
+    first_step: StepScheduled | None = None
+
+
+class RunStarted(Message):
+    """The first event of every run: the trigger that started it, with its input, and (version 2) the
+    attempt of its first step when that is a tool step.
+
+    Version 2 because a version-1 reader would ignore `first_step` and never run that attempt: it must
+    refuse the event rather than misread it."""
+
+    type: Literal["run_started"] = "run_started"
+    version: Annotated[int, Field(ge=1)] = 2
+    body: RunStartedBody
+
+
+def scheduled_step(event: Message) -> StepScheduled | None:
+    """The attempt an event asks an executor to run: a `step_scheduled`, or the first step a
+    `run_started` carries."""
+    if isinstance(event, StepScheduled):
+        return event
+    if isinstance(event, RunStarted):
+        return event.body.first_step
+    return None
+
+
+def unpacked(event: Message) -> tuple[Message, ...]:
+    """The facts one stored event holds, in order: a `run_started` with its first step is the start and
+    then that step's `step_scheduled` (same stream sequence); every other event is itself."""
+    if isinstance(event, RunStarted) and event.body.first_step is not None:
+        return (event, event.body.first_step)
+    return (event,)
 
 
 class StepSucceededBody(Body):

@@ -39,8 +39,11 @@ ROUTER_COMMANDS_DURABLE: Final = "router-commands"
 
 ROUTER_COMMANDS_ALL: Final = "keel.cmd.router.>"
 APPROVAL_REQUESTED_ALL: Final = "keel.run.*.*.router.approval_requested"
-#: What the executor consumes: the router's decision to run an attempt of a tool step (decision 023).
+#: What the executor consumes: the router's decision to run an attempt of a tool step (decision 023), and
+#: a run's start, which carries the attempt of its first step when that is a tool step (decision 025).
 STEP_SCHEDULED_ALL: Final = "keel.run.*.*.router.step_scheduled"
+RUN_STARTED_ALL: Final = "keel.run.*.*.router.run_started"
+EXECUTOR_WORK: Final = (STEP_SCHEDULED_ALL, RUN_STARTED_ALL)
 
 # Services, used as the emitter token of run events and as the actor of what they publish.
 ROUTER: Final = "router"

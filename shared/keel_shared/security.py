@@ -195,7 +195,7 @@ def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
             publish_allow=(
                 s.emitter_filter(s.EXECUTOR),
                 s.dlq_subject(s.EXECUTOR, "*"),
-                # Its work is the router's step_scheduled events (decision 023).
+                # Its work is the router's step_scheduled and run_started events (decisions 023, 025).
                 *_durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE),
                 # Before recording an outcome it looks for one already stored (a retry after a crash), and
                 # before a write for the run's cancellation.

@@ -85,7 +85,7 @@ class ServiceRuntime:
     # --- subscribers ---------------------------------------------------------------------------
     def pull_subscriber(
         self,
-        subject: str,
+        subject: str | tuple[str, ...],
         *,
         stream: str,
         durable: str,
@@ -104,15 +104,18 @@ class ServiceRuntime:
         self.consumer_lag.add(stream, durable)
 
         def register(handler: Handler) -> Handler:
-            self.spec_broker.subscriber(
-                subject,
-                stream=JStream(stream, declare=False),
-                durable=durable,
-                config=ConsumerConfig(durable_name=durable),
-                pull_sub=PullSub(batch_size=concurrency),
-                description=description,
-                no_reply=True,
-            )(handler)
+            # A durable with several filter subjects is documented once per subject; it is still one
+            # consumer with one pull loop.
+            for filter_subject in (subject,) if isinstance(subject, str) else subject:
+                self.spec_broker.subscriber(
+                    filter_subject,
+                    stream=JStream(stream, declare=False),
+                    durable=durable,
+                    config=ConsumerConfig(durable_name=durable),
+                    pull_sub=PullSub(batch_size=concurrency),
+                    description=description,
+                    no_reply=True,
+                )(handler)
             guard = Guard(self.name, durable, self.settings, lambda: self.js, decode, handler, self._history)
             self.consumer_specs.append((stream, durable, concurrency, guard))
             return handler

@@ -56,6 +56,8 @@ from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import (
     RunEvent,
+    RunStarted,
+    RunStartedBody,
     StepFailed,
     StepFailedBody,
     StepScheduled,
@@ -64,6 +66,7 @@ from keel_contracts.events import (
     StepSucceededBody,
 )
 from keel_contracts.timers import TimerBody, TimerFired
+from keel_executor.app import Work
 from keel_shared.triggers import build_trigger
 
 T = TypeVar("T")
@@ -194,6 +197,20 @@ def _scheduled(workflow: str, run_id: str) -> Message:
             command_id=f"{run_id}:receive:1",
             timeout_seconds=5,
             reason="badinput",
+        ),
+    )
+
+
+def _started_with_step(workflow: str, run_id: str) -> Message:
+    """A run's start carrying its first step (decision 025): the executors' work too."""
+    return RunStarted(
+        **_envelope(workflow, run_id, s.ROUTER, f"{run_id}:started"),
+        body=RunStartedBody(
+            intent_key=run_id,
+            source="badinput",
+            trigger_id=f"t-{run_id}",
+            input={},
+            first_step=_scheduled(workflow, run_id),
         ),
     )
 
@@ -356,9 +373,9 @@ TARGETS: dict[str, Target] = {
             s.EXECUTOR_DURABLE,
             s.EXECUTOR,
             s.EVENTS_STREAM,
-            (_scheduled,),
+            (_scheduled, _started_with_step),
             _event_subject(s.ROUTER),
-            TypeAdapter(StepScheduled),
+            TypeAdapter(Work),
         ),
         Target(
             s.APPROVAL_REQUESTS_DURABLE,

@@ -42,7 +42,7 @@ runner = CliRunner()
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Small segments so that a few runs span several of them, and a heartbeat that keeps the log moving.
 SMALL_SEGMENTS = {
-    "KEEL_AUDIT_SEGMENT_MAX_RECORDS": "7",
+    "KEEL_AUDIT_SEGMENT_MAX_RECORDS": "5",
     "KEEL_AUDIT_SEGMENT_MAX_AGE_SECONDS": "1",
     "KEEL_AUDIT_HEARTBEAT_SECONDS": "2",
 }
@@ -123,7 +123,8 @@ async def test_every_event_of_the_stream_is_in_exactly_one_segment_and_the_log_v
 
 async def test_a_sigkilled_audit_service_resumes_with_no_duplicate_and_no_hole(keel_stack: StackFactory) -> None:
     # Segments close by count only, so the open segment holds events at the moment of the kill.
-    env = {"KEEL_AUDIT_SEGMENT_MAX_RECORDS": "7", "KEEL_AUDIT_SEGMENT_MAX_AGE_SECONDS": "3600"}
+    # 5 divides no demo run's event count (7 events since decision 025, 8 before it).
+    env = {"KEEL_AUDIT_SEGMENT_MAX_RECORDS": "5", "KEEL_AUDIT_SEGMENT_MAX_AGE_SECONDS": "3600"}
     stack = await keel_stack(services=("router", "executor", "audit"), env=env)
     store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
 
@@ -179,7 +180,11 @@ async def test_keel_audit_show_rebuilds_runs_from_the_segments_alone(keel_stack:
     assert doc["workflow"] == "demo"
     assert doc["trigger"]["source"] == "cli" and doc["trigger"]["input"] == {"customer": "ACME"}
     assert doc["trigger"]["intent_key"] == "audit-show-demo"
-    assert [e["type"] for e in doc["timeline"]] == [e.type for e in demo_events]
+    # The audit's timeline is its records, one per stored event; the run timeline lists the first step a
+    # run_started carries as an entry of its own, with the same sequence.
+    stored = [e for i, e in enumerate(demo_events) if i == 0 or e.seq != demo_events[i - 1].seq]
+    assert [e["type"] for e in doc["timeline"]] == [e.type for e in stored]
+    assert [e["seq"] for e in doc["timeline"]] == [e.seq for e in stored]
     assert all(e["verified"] and e["decoded"] for e in doc["timeline"])
     scheduled = [d for d in doc["decisions"] if d["type"] == "step_scheduled"]
     assert [d["step_id"] for d in scheduled] == ["receive", "draft", "post"] and all(d["why"] for d in scheduled)

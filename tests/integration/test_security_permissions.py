@@ -330,16 +330,22 @@ async def test_services_pull_only_their_own_durables(secured: Secured, connect_a
     await assert_request_denied(approval, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.EXECUTOR_DURABLE}", b"{}")
     router = await connect_as(s.ROUTER)
     await assert_request_denied(router, f"$JS.API.CONSUMER.MSG.NEXT.{EV}.{s.EXECUTOR_DURABLE}", b"{}")
-    # Its own durable binds and delivers the router's step_scheduled events, nothing else.
+    # Its own durable binds and delivers the router's run_started (a run's first step rides in it) and
+    # step_scheduled events, nothing else.
+    js = secured.admin.jetstream()
+    started = s.event_subject("demo", "r2", s.ROUTER, "run_started")
     scheduled = s.event_subject("demo", "r2", s.ROUTER, "step_scheduled")
-    await secured.admin.jetstream().publish(s.event_subject("demo", "r2", s.ROUTER, "run_started"), b"{}")
-    await secured.admin.jetstream().publish(scheduled, b"{}", headers={"Nats-Msg-Id": "e2"})
+    await js.publish(s.event_subject("demo", "r2", s.ROUTER, "run_completed"), b"{}", headers={"Nats-Msg-Id": "e1"})
+    await js.publish(started, b"{}", headers={"Nats-Msg-Id": "e2"})
+    await js.publish(s.event_subject("demo", "r2", s.EXECUTOR, "step_succeeded"), b"{}", headers={"Nats-Msg-Id": "e3"})
+    await js.publish(scheduled, b"{}", headers={"Nats-Msg-Id": "e4"})
     sub = await executor.nc.jetstream().pull_subscribe_bind(
         s.EXECUTOR_DURABLE, EV, inbox_prefix=f"{inbox_prefix(s.EXECUTOR)}.".encode()
     )
-    [msg] = await sub.fetch(1, timeout=5)
-    await msg.ack_sync()
-    assert msg.subject == scheduled
+    msgs = await sub.fetch(4, timeout=2)
+    for msg in msgs:
+        await msg.ack_sync()
+    assert [m.subject for m in msgs] == [started, scheduled]
 
 
 async def test_audit_reads_events_with_its_own_consumers_only(secured: Secured, connect_as) -> None:

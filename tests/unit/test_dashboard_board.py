@@ -2,6 +2,7 @@
 framing, feed filters and resume points, and the consumer-lag collector."""
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from keel_contracts.runs import RunStatus, RunView
 from keel_dashboard import sse
 from keel_dashboard.board import FilterError, RunBoard, RunFilter
-from keel_dashboard.feed import FeedError, feed_filter, parse_last_event_id, timeline_entry
+from keel_dashboard.feed import FeedError, feed_filter, parse_last_event_id, timeline_entries
 from keel_dashboard.gauges import RunStateCollector
 from keel_dashboard.watch import KV_PREFIX, apply_entry
 from keel_shared.consumerlag import ACK_PENDING, PENDING, ConsumerLagCollector
@@ -147,10 +148,21 @@ def test_feed_filters_and_resume_points() -> None:
 
 
 def test_timeline_entries_keep_unknown_events_whole() -> None:
-    entry = timeline_entry(3, "keel.run.demo.r1.router.something_new", b'{"step_id": "s", "body": {"x": 1}}')
+    (entry,) = timeline_entries(3, "keel.run.demo.r1.router.something_new", b'{"step_id": "s", "body": {"x": 1}}')
     assert (entry["seq"], entry["type"], entry["emitter"], entry["step_id"]) == (3, "something_new", "router", "s")
     assert entry["event"] == {"step_id": "s", "body": {"x": 1}}
-    assert timeline_entry(4, "keel.run.demo.r1.router.x", b"\xff")["event"] is None
+    assert [e["event"] for e in timeline_entries(4, "keel.run.demo.r1.router.x", b"\xff")] == [None]
+
+
+def test_a_start_that_carries_its_first_step_is_two_entries_with_one_sequence() -> None:
+    step = {"type": "step_scheduled", "step_id": "a", "attempt": 1, "body": {"tool": "demo.echo"}}
+    data = json.dumps({"type": "run_started", "step_id": None, "body": {"intent_key": "k", "first_step": step}})
+
+    started, scheduled = timeline_entries(5, "keel.run.demo.r1.router.run_started", data.encode())
+
+    assert (started["seq"], started["type"]) == (5, "run_started")
+    assert (scheduled["seq"], scheduled["type"], scheduled["step_id"]) == (5, "step_scheduled", "a")
+    assert scheduled["subject"] == "keel.run.demo.r1.router.step_scheduled" and scheduled["event"] == step
 
 
 async def test_consumer_lag_collector_reports_pending_and_keeps_the_last_value_on_errors() -> None:

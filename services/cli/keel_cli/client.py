@@ -21,11 +21,11 @@ from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode_event
+from keel_contracts.codec import ContractViolation, decode_event, encode
 from keel_contracts.commands import CancelRun, CancelRunBody, HumanInput, HumanInputBody
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message, new_id
-from keel_contracts.events import FINAL_STATUS_OF_EVENT, HumanInputReceived, HumanInputRejected
+from keel_contracts.events import FINAL_STATUS_OF_EVENT, HumanInputReceived, HumanInputRejected, unpacked
 from keel_contracts.runs import RunStatus, RunView, view_key
 from keel_shared.connection import inbox_prefix
 from keel_shared.eventstore import EventStore
@@ -308,7 +308,7 @@ class KeelClient:
     async def timeline(self, run_id: str) -> list[TimelineEntry]:
         s.token(run_id, "run id")
         stored = await self._events.read(s.any_workflow_run_filter(run_id))
-        return [_entry(e.seq, e.subject, e.data) for e in stored]
+        return [entry for e in stored for entry in _entries(e.seq, e.subject, e.data)]
 
     async def watch(
         self, subject_filter: str = s.EVENTS_ALL, from_start: bool = False, after: int | None = None
@@ -320,15 +320,24 @@ class KeelClient:
         start = StartAt.ALL if from_start else StartAt.NEW
         async for delivered in follow(self.js, s.EVENTS_STREAM, subject_filter, after=after, start=start):
             if delivered is not None:
-                yield _entry(delivered.seq, delivered.subject, delivered.data)
+                for entry in _entries(delivered.seq, delivered.subject, delivered.data):
+                    yield entry
 
 
-def _entry(seq: int, subject: str, data: bytes) -> TimelineEntry:
+def _entries(seq: int, subject: str, data: bytes) -> list[TimelineEntry]:
+    """The timeline entries of one stored event: one per fact it holds. A `run_started` that carries its
+    run's first step (decision 025) is two entries with the same sequence, the start and then the step's
+    `step_scheduled` under the subject it would have had on its own."""
     try:
-        event: Message | None = decode_event(data)
+        event: Message = decode_event(data)
     except ContractViolation:
-        event = None
-    return TimelineEntry(seq=seq, subject=subject, event=event, raw=data)
+        return [TimelineEntry(seq=seq, subject=subject, event=None, raw=data)]
+    entries = [TimelineEntry(seq=seq, subject=subject, event=event, raw=data)]
+    for carried in unpacked(event)[1:]:
+        emitter = s.parse_event_subject(subject)[2]
+        carried_subject = s.event_subject(carried.workflow, carried.run_id, emitter, carried.type)
+        entries.append(TimelineEntry(seq=seq, subject=carried_subject, event=carried, raw=encode(carried)))
+    return entries
 
 
 async def eventually_final(keel: KeelClient, run_id: str, timeout: float) -> RunView:

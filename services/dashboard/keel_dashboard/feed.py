@@ -38,12 +38,27 @@ def _finite(text: str) -> float:
     return value
 
 
-def timeline_entry(seq: int, subject: str, data: bytes) -> dict[str, Any]:
+def timeline_entries(seq: int, subject: str, data: bytes) -> list[dict[str, Any]]:
+    """The feed entries of one stored event: one per fact it holds. A `run_started` that carries its run's
+    first step (decision 025) is two entries with the same sequence: the start, then the step's
+    `step_scheduled` under the subject it would have had on its own (as `keel run timeline` lists it)."""
     workflow, run_id, emitter, event_type = s.parse_event_subject(subject)
     try:
         event: Any = json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses: shown as null
         event = None
+    entries = [_entry(seq, subject, workflow, run_id, emitter, event_type, event)]
+    body = event.get("body") if isinstance(event, dict) else None
+    carried = body.get("first_step") if event_type == "run_started" and isinstance(body, dict) else None
+    if isinstance(carried, dict) and carried.get("type") == "step_scheduled":
+        step_subject = s.event_subject(workflow, run_id, emitter, "step_scheduled")
+        entries.append(_entry(seq, step_subject, workflow, run_id, emitter, "step_scheduled", carried))
+    return entries
+
+
+def _entry(
+    seq: int, subject: str, workflow: str, run_id: str, emitter: str, event_type: str, event: Any
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "seq": seq,
         "subject": subject,
@@ -94,4 +109,8 @@ async def run_events(
 ) -> AsyncIterator[dict[str, Any] | None]:
     """Timeline entries after sequence `after` (or from `start`), then live; None when idle."""
     async for delivered in follow(js, s.EVENTS_STREAM, subject_filter, after=after, start=start, idle=idle):
-        yield None if delivered is None else timeline_entry(delivered.seq, delivered.subject, delivered.data)
+        if delivered is None:
+            yield None
+            continue
+        for entry in timeline_entries(delivered.seq, delivered.subject, delivered.data):
+            yield entry

@@ -3,14 +3,15 @@ processes."""
 
 import asyncio
 import contextlib
-import json
+from typing import Annotated
 
 from nats.aio.msg import Msg
+from pydantic import Field, TypeAdapter
 
 from keel_contracts import subjects as s
 from keel_contracts.attempts import execute_step_for
-from keel_contracts.codec import decode
-from keel_contracts.events import StepFailed, StepScheduled, StepSucceeded
+from keel_contracts.codec import ContractViolation, decode_event, decode_with
+from keel_contracts.events import RunStarted, StepFailed, StepScheduled, StepSucceeded, scheduled_step
 from keel_executor.claims import ClaimLost, KvClaims
 from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
@@ -21,6 +22,10 @@ from keel_shared.eventstore import EventStore
 from keel_shared.logging import bound_context
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
+
+#: What the executors' durable delivers (`s.EXECUTOR_WORK`).
+Work = Annotated[StepScheduled | RunStarted, Field(discriminator="type")]
+_WORK: TypeAdapter[StepScheduled | RunStarted] = TypeAdapter(Work)
 
 
 async def _heartbeat(msg: Delivery, every: float) -> None:
@@ -55,22 +60,28 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     async def history(raw: Msg) -> str | None:
         # An attempt about to be dead-lettered: its claim says who held it, when, and how tries ended.
         try:
-            command_id = json.loads(raw.data)["body"]["command_id"]
-        except (ValueError, KeyError, TypeError):
+            scheduled = scheduled_step(decode_event(raw.data, settings.max_message_bytes))
+        except ContractViolation:
             return None
-        return await (await claims()).describe(str(command_id)) if command_id else None
+        return None if scheduled is None else await (await claims()).describe(scheduled.body.command_id)
 
     runtime.dead_letter_history = history
 
     @runtime.pull_subscriber(
-        s.STEP_SCHEDULED_ALL,
+        s.EXECUTOR_WORK,
         stream=s.EVENTS_STREAM,
         durable=s.EXECUTOR_DURABLE,
         concurrency=settings.executor_concurrency,
-        description="Run the attempt of a tool step the router scheduled and record its outcome on the run",
-        decode=lambda data: decode(StepScheduled, data, settings.max_message_bytes),
+        description=(
+            "Run the attempt of a tool step the router scheduled (a step_scheduled event, or the first step a "
+            "run_started carries) and record its outcome on the run"
+        ),
+        decode=lambda data: decode_with(_WORK, data, settings.max_message_bytes),
     )
-    async def on_scheduled(scheduled: StepScheduled) -> None:
+    async def on_scheduled(event: Work) -> None:
+        scheduled = scheduled_step(event)
+        if scheduled is None:
+            return  # a run whose first step is not a tool step: nothing to run here
         cmd = execute_step_for(scheduled)
         with bound_context(run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt, tool=cmd.body.tool):
             msg = current_message()

@@ -218,10 +218,50 @@ def _attempt_of_outcome(state: RunState, event: Message) -> Attempt | None:
     return None
 
 
+def _scheduled(state: RunState, base: RunState, event: StepScheduled) -> RunState:
+    """`base` (the state after its bookkeeping) with the attempt `event` schedules."""
+    if any(a.command_id == event.body.command_id for a in state.attempts):
+        return base
+    retrier = (
+        state.pending_retry.retrier_index
+        if state.pending_retry
+        and (state.pending_retry.step_id, state.pending_retry.next_attempt) == (event.step_id, event.attempt)
+        else None
+    )
+    attempt = Attempt(
+        step_id=event.step_id or "",
+        attempt=event.attempt,
+        retrier_index=retrier,
+        command_id=event.body.command_id,
+        idempotency_key=event.body.idempotency_key,
+        tool=event.body.tool,
+        input=dict(event.body.input),
+        timeout_seconds=event.body.timeout_seconds,
+        result_path=event.body.result_path or f"steps.{event.step_id}",
+        visit=sum(1 for a in state.attempts if a.step_id == event.step_id and a.attempt == 1)
+        + (1 if event.attempt == 1 else 0),
+        side_effect=event.body.side_effect,
+        verify=event.body.verify,
+        approval_ids=tuple(event.body.approval_ids),
+        approved_payload_hash=event.body.approved_payload_hash,
+    )
+    used = set(event.body.approval_ids)
+    return replace(
+        base,
+        attempts=(*state.attempts, attempt),
+        status=RunStatus.RUNNING,
+        reason=event.body.reason,
+        pending_retry=None,
+        park=None,
+        steps_entered=state.steps_entered + (1 if event.attempt == 1 else 0),
+        approvals=tuple(replace(a, consumed=True) if a.approval_id in used else a for a in state.approvals),
+    )
+
+
 def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
     if state is None:
         if isinstance(event, RunStarted):
-            return RunState(
+            started = RunState(
                 run_id=event.run_id,
                 workflow=event.workflow,
                 tenant=event.tenant,
@@ -234,6 +274,9 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 triggers=frozenset({event.body.trigger_id}),
                 triggered_by=event.body.triggered_by,
             )
+            first = event.body.first_step
+            # The first step shares the start's stream sequence (decision 025).
+            return started if first is None else _scheduled(started, started, first)
         # A run's first event is always run_started; anything else before it cannot be folded.
         return None
     if seq <= state.last_seq:
@@ -243,42 +286,7 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
         case TriggerJoined():
             return replace(base, triggers=state.triggers | {event.body.trigger_id})
         case StepScheduled():
-            if any(a.command_id == event.body.command_id for a in state.attempts):
-                return base
-            retrier = (
-                state.pending_retry.retrier_index
-                if state.pending_retry
-                and (state.pending_retry.step_id, state.pending_retry.next_attempt) == (event.step_id, event.attempt)
-                else None
-            )
-            attempt = Attempt(
-                step_id=event.step_id or "",
-                attempt=event.attempt,
-                retrier_index=retrier,
-                command_id=event.body.command_id,
-                idempotency_key=event.body.idempotency_key,
-                tool=event.body.tool,
-                input=dict(event.body.input),
-                timeout_seconds=event.body.timeout_seconds,
-                result_path=event.body.result_path or f"steps.{event.step_id}",
-                visit=sum(1 for a in state.attempts if a.step_id == event.step_id and a.attempt == 1)
-                + (1 if event.attempt == 1 else 0),
-                side_effect=event.body.side_effect,
-                verify=event.body.verify,
-                approval_ids=tuple(event.body.approval_ids),
-                approved_payload_hash=event.body.approved_payload_hash,
-            )
-            used = set(event.body.approval_ids)
-            return replace(
-                base,
-                attempts=(*state.attempts, attempt),
-                status=RunStatus.RUNNING,
-                reason=event.body.reason,
-                pending_retry=None,
-                park=None,
-                steps_entered=state.steps_entered + (1 if event.attempt == 1 else 0),
-                approvals=tuple(replace(a, consumed=True) if a.approval_id in used else a for a in state.approvals),
-            )
+            return _scheduled(state, base, event)
         case RetryScheduled():
             return replace(
                 base,

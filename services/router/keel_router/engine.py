@@ -129,7 +129,23 @@ class Engine:
 
     # --- triggers ----------------------------------------------------------------------------------
     def start(self, trigger: TriggerRun, workflow: Workflow) -> RunStarted:
-        """The `run_started` of a new run for `trigger` (what follows it is `advance` on the started run)."""
+        """The `run_started` of a new run for `trigger`. When the run's first move is one tool step's
+        attempt, the event carries it (`first_step`), so the start is one write and the executors can begin
+        at once (decision 025); anything else that follows (an approval, a choice, a wait, a refusal by a
+        cap) is `advance` on the started run, stored on its own."""
+        started = self._started(trigger, workflow)
+        follow = self.advance(self._fold_start(started), workflow, trigger.id)
+        if len(follow) == 1 and isinstance(follow[0], StepScheduled):
+            return started.model_copy(update={"body": started.body.model_copy(update={"first_step": follow[0]})})
+        return started
+
+    @staticmethod
+    def _fold_start(started: RunStarted) -> RunState:
+        state = apply(None, 0, started)
+        assert state is not None  # a run_started always folds
+        return state
+
+    def _started(self, trigger: TriggerRun, workflow: Workflow) -> RunStarted:
         return RunStarted(
             run_id=trigger.run_id,
             workflow=trigger.workflow,
@@ -162,9 +178,7 @@ class Engine:
                 )
             ]
         started = self.start(trigger, workflow)
-        fresh = apply(None, 1, started)
-        assert fresh is not None
-        return [started, *self.advance(fresh, workflow, trigger.id)]
+        return [started, *self.advance(self._fold_start(started), workflow, trigger.id)]
 
     # --- timers ------------------------------------------------------------------------------------
     def on_timer(self, state: RunState, timer: TimerFired, workflow: Workflow) -> list[Message]:

@@ -12,6 +12,7 @@ from nats.errors import Error as NatsError
 from keel_contracts.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractViolation, encode
 from keel_contracts.commands import CancelRun, HumanInput, TriggerRun
 from keel_contracts.envelope import Message, run_id_for
+from keel_contracts.events import RunStarted
 from keel_contracts.runs import RunView
 from keel_contracts.timers import TimerFired
 from keel_router.admission import NotReady, RunsInFlight
@@ -207,9 +208,16 @@ class Router:
         except NatsError as exc:
             if not refused_as_too_large(exc):
                 raise
-            # The stream refuses an event this decision needs, so retrying can never succeed: the run is
-            # blocked with the reason instead of its message failing until it is dead-lettered.
-            return await self._runs.transact(workflow, run_id, self._too_large_to_store(decide))
+        # The stream refuses an event this decision needs, so retrying can never succeed: the run is
+        # blocked with the reason instead of its message failing until it is dead-lettered. A start with
+        # its first step falls back to the start alone, and only if that is refused too is the trigger.
+        instead = self._too_large_to_store(decide)
+        try:
+            return await self._runs.transact(workflow, run_id, instead)
+        except NatsError as exc:
+            if not refused_as_too_large(exc):
+                raise
+        return await self._runs.transact(workflow, run_id, self._too_large_to_store(instead))
 
     def _too_large_to_store(self, decide: Decide) -> Decide:
         """What to store instead of a decision the event stream refused as too large."""
@@ -219,6 +227,12 @@ class Router:
             events = list(decide(state))  # decisions are pure: the same one again, to say what did not fit
             if not events or (state is not None and state.terminal):
                 return []
+            if state is None and len(events) == 1 and isinstance(events[0], RunStarted) and events[0].body.first_step:
+                # The start carried its first step and the two did not fit together: start the run alone.
+                # Its first step is then decided on its own (`then`), and refused the same way, which
+                # blocks the run with the reason like any other step too large to store.
+                started = events[0]
+                return [started.model_copy(update={"body": started.body.model_copy(update={"first_step": None})})]
             size, largest = max(((len(encode(e)), e) for e in events), key=lambda pair: pair[0])
             what = largest.type + (f" of step {largest.step_id}" if largest.step_id else "")
             why = (

@@ -33,7 +33,7 @@ def test_checked_in_json_schemas_match_the_contract_types():
 def test_the_drift_check_notices_a_changed_a_missing_and_a_stale_schema_file(tmp_path: Path):
     schema.write(tmp_path)
     assert schema_drift(tmp_path) == []
-    changed = tmp_path / "run_started.v1.json"
+    changed = tmp_path / "run_completed.v1.json"
     doc = json.loads(changed.read_text())
     doc["properties"]["body"]["title"] = "edited"
     changed.write_text(json.dumps(doc))
@@ -43,13 +43,16 @@ def test_the_drift_check_notices_a_changed_a_missing_and_a_stale_schema_file(tmp
     assert schema_drift(tmp_path) == [
         "step_failed.v1.json: missing",
         "run_paused.v1.json: no message type produces it (stale)",
-        "run_started.v1.json: differs from the current type",
+        "run_completed.v1.json: differs from the current type",
     ]
 
 
 def test_every_event_type_and_command_has_a_versioned_schema_with_its_id():
     rendered = schema.render()
+    # run_started is at version 2 (it carries the run's first step: decision 025).
+    versions = {"run_started": 2}
     for name in [*EVENT_TYPES, "trigger_run", "execute_step", "dead_letter", "timer_fired"]:
-        doc = json.loads(rendered[f"{name}.v1.json"])
-        assert doc["$id"] == f"https://keel.dev/schemas/{name}.v1.json"
+        file = f"{name}.v{versions.get(name, 1)}.json"
+        doc = json.loads(rendered[file])
+        assert doc["$id"] == f"https://keel.dev/schemas/{file}"
         assert doc["properties"]["type"]["const"] == name

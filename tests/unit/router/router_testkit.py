@@ -15,7 +15,7 @@ from pydantic import JsonValue
 from keel_contracts.commands import execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
-from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded, StepSucceededBody
+from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded, StepSucceededBody, unpacked
 from keel_router.aggregate import Attempt, RunState, apply
 from keel_router.workflow import Workflow, load_workflow_text
 
@@ -72,19 +72,27 @@ def failed(
 
 
 class RunLog:
-    """A run's events in stream order and the state folded from them."""
+    """A run's events in stream order and the state folded from them.
+
+    `events` and what `append` returns are the facts the stored events hold (`unpacked`): a `run_started`
+    that carries its first step is listed as the start and then that step's `step_scheduled`, both at the
+    one sequence it was stored under. `stored` is what was stored, one entry per sequence."""
 
     def __init__(self) -> None:
         self.events: list[tuple[int, Message]] = []
+        self.stored: list[tuple[int, Message]] = []
         self.state: RunState | None = None
         self.seq = 0
 
     def append(self, events: Iterable[Message]) -> list[Message]:
-        out = list(events)
-        for event in out:
+        out: list[Message] = []
+        for event in events:
             self.seq += 1
-            self.events.append((self.seq, event))
+            self.stored.append((self.seq, event))
             self.state = apply(self.state, self.seq, event)
+            for fact in unpacked(event):
+                self.events.append((self.seq, fact))
+                out.append(fact)
         return out
 
     @property

@@ -11,8 +11,9 @@ import pytest
 from nats.js.errors import BadRequestError
 from router_testkit import succeeded
 
-from keel_contracts.codec import ContractViolation, encode
+from keel_contracts.codec import ContractViolation, decode_event, encode
 from keel_contracts.envelope import Message
+from keel_contracts.events import RunStarted, StepScheduled
 from keel_contracts.runs import RunView
 from keel_router.admission import RESERVATION_SECONDS, NotReady, RunsInFlight, TooManyRuns
 from keel_router.catalog import WorkflowCatalog
@@ -239,3 +240,25 @@ steps:
     assert state.reason.startswith("limit max_message_bytes exceeded: step_scheduled of step copy is ")
     assert "the event stream refused it (KEEL_MAX_MESSAGE_BYTES is 3000); not storing it" in state.reason
     assert store.types(started.run_id)[-1] == "run_blocked"
+
+
+async def test_a_start_that_does_not_fit_with_its_first_step_is_stored_alone_and_the_step_after_it() -> None:
+    doubles = load_workflow_text(
+        """
+name: doubles
+steps:
+  - {id: copy, kind: tool, tool: demo.echo, input: {text: "${input.note}${input.note}"}}
+""",
+        "doubles.yaml",
+    )
+    store = MemoryStore(max_bytes=3000)
+    router = router_with(None, store, {"doubles": doubles})
+
+    # run_started (~1.5 kB) and the step (~2.5 kB) each fit; one event carrying both does not.
+    state = await router.on_trigger(build_trigger("doubles", {"note": "n" * 900}, "k"), redelivered=False)
+
+    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "copy"
+    assert store.types(state.run_id) == ["run_started", "step_scheduled"]
+    (started, scheduled) = (decode_event(e.data) for e in store.events[state.run_id])
+    assert isinstance(started, RunStarted) and started.body.first_step is None
+    assert isinstance(scheduled, StepScheduled) and scheduled.body.input == {"text": "n" * 1800}

@@ -390,3 +390,46 @@ def test_a_stored_event_whose_timestamp_has_no_offset_is_refused_by_the_codec_or
     after = apply(state, state.last_seq + 1, event)
     assert after is not None
     assert after.triggers == {"t-1", "t-2"}
+
+
+# --- a start that carries its first step (decision 025) ---------------------------------------------------
+def started_with(step: StepScheduled) -> RunStarted:
+    plain = started()
+    return plain.model_copy(update={"body": plain.body.model_copy(update={"first_step": step})})
+
+
+def test_a_start_that_carries_its_first_step_folds_to_the_same_run_as_the_two_events_stored_apart():
+    together = apply(None, 7, started_with(scheduled("a")))
+    apart = fold([(7, started()), (8, scheduled("a"))])
+
+    assert together is not None and apart is not None
+    assert together.in_flight is not None and together.in_flight.step_id == "a"
+    assert together.last_seq == 7  # both facts are the one stored event's
+    assert replace_seq(together) == replace_seq(apart)
+
+
+def test_the_outcome_of_a_first_step_carried_by_the_start_is_folded_onto_its_attempt():
+    state = fold([(1, started_with(scheduled("a"))), (2, ok("a", {"x": 1}))])
+
+    assert state is not None and state.results == {"a": {"x": 1}} and state.in_flight is None
+
+
+def test_a_start_carrying_its_first_step_survives_encoding_at_version_2():
+    first = scheduled("a")
+    event = started_with(first)
+    decoded = decode_event(encode(event))
+
+    assert isinstance(decoded, RunStarted) and decoded.version == 2
+    assert decoded.body.first_step == first
+    # A version above the reader's is refused, not misread: that is how a reader of version 1 (which would
+    # drop the step) treats this event.
+    doc = json.loads(encode(event))
+    doc["version"] = 3
+    with pytest.raises(ContractViolation):
+        decode_event(json.dumps(doc).encode())
+
+
+def replace_seq(state: RunState) -> RunState:
+    from dataclasses import replace
+
+    return replace(state, last_seq=0, updated_at=T0)

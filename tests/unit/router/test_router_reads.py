@@ -8,13 +8,14 @@ import pytest
 from keel_contracts.attempts import execute_step_for
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.envelope import Message
-from keel_contracts.events import StepScheduled, StepSucceeded, StepSucceededBody
+from keel_contracts.events import RunStarted, StepSucceeded, StepSucceededBody, scheduled_step
 from keel_contracts.runs import RunStatus, RunView
 from keel_router.catalog import WorkflowCatalog
 from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.workflow.loader import load_workflow_text
+from keel_router.workflow.models import Workflow
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
 from keel_shared.triggers import build_trigger
 
@@ -27,6 +28,16 @@ steps:
   - {id: two, kind: tool, tool: demo.echo}
 """,
     "two.yaml",
+)
+
+WAITS_FIRST = load_workflow_text(
+    """
+name: waits
+steps:
+  - {id: hold, kind: wait, seconds: 30}
+  - {id: one, kind: tool, tool: demo.echo}
+""",
+    "waits.yaml",
 )
 
 
@@ -58,7 +69,7 @@ class CountingStore:
 
 def outcome_of(store: CountingStore) -> StepSucceeded:
     """The outcome of the attempt most recently scheduled in the store, as an executor reports it."""
-    scheduled = [event for _, stored in store.events if isinstance(event := decode_event(stored.data), StepScheduled)]
+    scheduled = [step for _, stored in store.events if (step := scheduled_step(decode_event(stored.data)))]
     cmd = execute_step_for(scheduled[-1])
     return StepSucceeded(
         run_id=cmd.run_id,
@@ -74,10 +85,10 @@ def outcome_of(store: CountingStore) -> StepSucceeded:
 
 
 def scheduled_seq(store: CountingStore) -> int:
-    return max(e.seq for _, e in store.events if decode_event(e.data).type == "step_scheduled")
+    return max(e.seq for _, e in store.events if scheduled_step(decode_event(e.data)))
 
 
-def make_router(store: CountingStore) -> tuple[Router, list[Effect]]:
+def make_router(store: CountingStore, workflow: Workflow = WORKFLOW) -> tuple[Router, list[Effect]]:
     published: list[Effect] = []
 
     async def publish(effect: Effect) -> None:
@@ -87,7 +98,7 @@ def make_router(store: CountingStore) -> tuple[Router, list[Effect]]:
         return None
 
     router = Router(
-        WorkflowCatalog.of({"two": WORKFLOW}),
+        WorkflowCatalog.of({workflow.name: workflow}),
         RunRepository(store),  # type: ignore[arg-type]
         Engine(lambda: T0),
         publish,
@@ -208,31 +219,46 @@ class AppendLog(CountingStore):
         return seq
 
 
-async def test_a_new_run_is_stored_as_single_appends_not_an_atomic_batch() -> None:
+async def test_a_new_run_whose_first_step_is_a_tool_step_starts_with_one_append_that_carries_it() -> None:
     store = AppendLog()
     router, _ = make_router(store)  # type: ignore[arg-type]
 
     state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
 
-    assert store.sizes == [1, 1]  # run_started, then step_scheduled decided on the started run
-    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled"]
+    assert store.sizes == [1]  # one write: run_started with the first attempt (decision 025)
+    (stored,) = [decode_event(e.data) for _, e in store.events]
+    assert isinstance(stored, RunStarted) and stored.body.first_step is not None
+    assert stored.body.first_step.step_id == "one" and stored.body.first_step.attempt == 1
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
+    assert state.last_seq == store.events[0][1].seq
+    assert store.reads == 0
+
+
+async def test_a_new_run_whose_first_step_is_not_a_tool_step_stores_the_start_then_what_follows() -> None:
+    store = AppendLog()
+    router, _ = make_router(store, WAITS_FIRST)  # type: ignore[arg-type]
+
+    state = await router.on_trigger(build_trigger("waits", {}, "k-1"), redelivered=False)
+
+    assert store.sizes == [1, 1]  # two single appends, not an atomic batch (decision 024)
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "wait_started"]
+    assert state is not None and state.status is RunStatus.WAITING
     assert store.reads == 0
 
 
 async def test_a_redelivered_trigger_moves_on_a_run_whose_start_was_stored_alone() -> None:
     store = AppendLog(stop_after=1)  # the process stops after storing run_started
-    first, _ = make_router(store)  # type: ignore[arg-type]
-    trigger = build_trigger("two", {}, "k-1")
+    first, _ = make_router(store, WAITS_FIRST)  # type: ignore[arg-type]
+    trigger = build_trigger("waits", {}, "k-1")
     with pytest.raises(RuntimeError):
         await first.on_trigger(trigger, redelivered=False)
     store.stop_after = None
-    again, _ = make_router(store)  # type: ignore[arg-type]  # another process gets the trigger again
+    again, _ = make_router(store, WAITS_FIRST)  # type: ignore[arg-type]  # another process gets the trigger again
 
     state = await again.on_trigger(trigger, redelivered=True)
 
-    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled"]
-    assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "wait_started"]
+    assert state is not None and state.status is RunStatus.WAITING
     assert len(state.triggers) == 1  # the same trigger, not a join
 
 
@@ -243,5 +269,5 @@ async def test_a_second_trigger_for_a_run_under_way_joins_it_and_schedules_nothi
 
     state = await router.on_trigger(build_trigger("two", {}, "k-1"), redelivered=False)
 
-    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "step_scheduled", "trigger_joined"]
+    assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "trigger_joined"]
     assert state is not None and len(state.triggers) == 2
