@@ -145,7 +145,7 @@ def durables(settings: KeelSettings) -> list[DurableSpec]:
         durable(s.COMMANDS_STREAM, s.ROUTER_COMMANDS_DURABLE, s.ROUTER_COMMANDS_ALL),
         # Executors run what the router scheduled: its step_scheduled events (decision 023) and the first
         # step a run_started carries (decision 025) are their work.
-        durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE, *s.EXECUTOR_WORK, max_ack_pending=256),
+        durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE, *s.EXECUTOR_WORK, max_ack_pending=1024),
         durable(s.EVENTS_STREAM, s.APPROVAL_REQUESTS_DURABLE, s.APPROVAL_REQUESTED_ALL),
         durable(t.TIMERS_STREAM, t.APPROVAL_TIMERS_DURABLE, t.APPROVAL_TIMERS_FIRE),
     ]

@@ -52,12 +52,16 @@ class KeelSettings(BaseSettings):
     ack_wait_seconds: float = Field(default=30, gt=0)
 
     # Executor
-    executor_concurrency: int = Field(default=8, ge=1, le=256)
+    # Tool calls one executor process runs at once. They wait on systems of record and on the broker's
+    # acknowledgements, not on this process's CPU: with 8, the bench showed scheduled steps queueing while
+    # every slot waited (decision 025).
+    executor_concurrency: int = Field(default=64, ge=1, le=256)
     default_step_timeout: float = Field(default=60, gt=0)
     heartbeat_seconds: float = Field(default=10, gt=0)
 
     # Router
-    router_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Messages each router consumer handles at once; a handler mostly waits for its appends' acks.
+    router_concurrency: int = Field(default=128, ge=1, le=1024)
     # Runs of one tenant not yet done, failed or cancelled (parked and blocked runs count); a trigger that
     # would start another is refused (`too_many_runs`). 0: no limit. See docs/limits.md.
     max_runs_in_flight: int = Field(default=10_000, ge=0)
