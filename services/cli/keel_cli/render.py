@@ -13,9 +13,7 @@ def _summary(entry: TimelineEntry) -> str:
     body: Any = getattr(event, "body", None)
     match entry.type:
         case "run_started":
-            started = f"intent={body.intent_key} source={body.source} input={_short(body.input)}"
-            first = body.first_step
-            return started if first is None else f"{started}; first step {first.step_id}: {first.body.tool}"
+            return f"intent={body.intent_key} source={body.source} input={_short(body.input)}"
         case "trigger_joined":
             return f"another trigger for intent {body.intent_key} joined (source={body.source})"
         case "step_scheduled":
