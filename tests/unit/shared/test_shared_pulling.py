@@ -35,6 +35,10 @@ def status(code: str, **headers: str) -> Msg:
     return Msg(None, subject="_INBOX_test.abc", data=b"", headers={"Status": code, **headers})  # type: ignore[arg-type]
 
 
+async def ignore(msg: Msg) -> None:
+    """A handler for tests about what the consumer asks for, not what it hands out."""
+
+
 async def consumer(concurrency: int, handle: Any) -> tuple[PullConsumer, FakeConnection]:
     nc = FakeConnection()
     pulls = PullConsumer(nc, "S", "d", handle, concurrency=concurrency, heartbeat=60)  # type: ignore[arg-type]
@@ -94,10 +98,7 @@ async def test_a_delivery_beyond_the_slots_waits_for_one_and_is_never_handled_tw
 
 
 async def test_an_expired_request_gives_back_what_it_never_delivered_and_is_replaced():
-    async def handle(msg: Msg) -> None:
-        return None
-
-    pulls, nc = await consumer(4, handle)
+    pulls, nc = await consumer(4, ignore)
     await pulls._on_message(status("408", **{"Nats-Pending-Messages": "4", "Nats-Pending-Bytes": "0"}))
 
     assert [r["batch"] for r in nc.requests] == [4, 4]
@@ -105,10 +106,7 @@ async def test_an_expired_request_gives_back_what_it_never_delivered_and_is_repl
 
 
 async def test_dropped_requests_are_forgotten_and_asked_again_by_the_watchdog_not_at_once():
-    async def handle(msg: Msg) -> None:
-        return None
-
-    pulls, nc = await consumer(4, handle)
+    pulls, nc = await consumer(4, ignore)
     await pulls._on_message(status("409", Description="Leadership Change"))
 
     assert len(nc.requests) == 1  # no tight loop on a refusal that may repeat
@@ -119,10 +117,7 @@ async def test_dropped_requests_are_forgotten_and_asked_again_by_the_watchdog_no
 
 
 async def test_heartbeats_change_nothing_and_nothing_is_asked_while_disconnected():
-    async def handle(msg: Msg) -> None:
-        return None
-
-    pulls, nc = await consumer(4, handle)
+    pulls, nc = await consumer(4, ignore)
     await pulls._on_message(status("100", Description="Idle Heartbeat"))
     assert len(nc.requests) == 1
 
