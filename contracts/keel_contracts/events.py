@@ -76,6 +76,10 @@ class RunStarted(Message):
     version: Annotated[int, Field(ge=1)] = 2
     body: RunStartedBody
 
+    def with_first_step(self, step: StepScheduled | None) -> "RunStarted":
+        """The same start carrying `step` as its first step (None: carrying none)."""
+        return self.model_copy(update={"body": self.body.model_copy(update={"first_step": step})})
+
 
 def scheduled_step(event: Message) -> StepScheduled | None:
     """The attempt an event asks an executor to run: a `step_scheduled`, or the first step a

@@ -138,117 +138,116 @@ def build_json(report: RunReport) -> dict[str, Any]:
     workflow: str | None = None
     last_type: str | None = None
 
-    for event in report.events:
-        if event.message is None:
-            continue
-        # A run_started that carries its first step is the start and then that step's scheduling.
-        for msg in unpacked(event.message):
-            workflow = workflow or msg.workflow
-            last_type = msg.type
-            body: Any = getattr(msg, "body", None)
-            if msg.type == "run_started":
-                trigger = {
-                    **_base(event),
-                    "source": body.source,
-                    "intent_key": body.intent_key,
-                    "trigger_id": body.trigger_id,
-                    "input": body.input,
-                    "workflow_version": body.workflow_version,
-                    "actor": msg.actor,
+    # A run_started that carries its first step is the start and then that step's scheduling, both at
+    # the stored event's sequence.
+    facts = ((event, msg) for event in report.events if event.message is not None for msg in unpacked(event.message))
+    for event, msg in facts:
+        workflow = workflow or msg.workflow
+        last_type = msg.type
+        body: Any = getattr(msg, "body", None)
+        if msg.type == "run_started":
+            trigger = {
+                **_base(event),
+                "source": body.source,
+                "intent_key": body.intent_key,
+                "trigger_id": body.trigger_id,
+                "input": body.input,
+                "workflow_version": body.workflow_version,
+                "actor": msg.actor,
+            }
+        elif msg.type == "trigger_joined":
+            joined.append({**_base(event), "source": body.source, "trigger_id": body.trigger_id})
+        if msg.type in DECISION_TYPES:
+            decisions.append(_decision(event, msg, body))
+        if msg.type == "step_scheduled":
+            attempts[(msg.step_id, msg.attempt)] = {
+                "step_id": msg.step_id,
+                "attempt": msg.attempt,
+                "tool": body.tool,
+                "side_effect": body.side_effect,
+                "command_id": body.command_id,
+                "idempotency_key": body.idempotency_key,
+                "approval_ids": list(body.approval_ids),
+                "approved_payload_hash": body.approved_payload_hash,
+                "scheduled": _base(event),
+                "outcome": "pending",
+                "error_class": None,
+                "error_type": None,
+                "message": None,
+                "started_at": None,
+                "finished_at": None,
+                "executor_id": None,
+                "output": None,
+                "finished": None,
+            }
+        elif msg.type in ("step_succeeded", "step_failed"):
+            attempt = attempts.setdefault(
+                (msg.step_id, msg.attempt),
+                {"step_id": msg.step_id, "attempt": msg.attempt, "tool": body.tool, "scheduled": None},
+            )
+            attempt.update(
+                {
+                    "outcome": "succeeded" if msg.type == "step_succeeded" else "failed",
+                    "started_at": body.started_at.isoformat(),
+                    "finished_at": body.finished_at.isoformat(),
+                    "executor_id": body.executor_id,
+                    "finished": _base(event),
                 }
-            elif msg.type == "trigger_joined":
-                joined.append({**_base(event), "source": body.source, "trigger_id": body.trigger_id})
-            if msg.type in DECISION_TYPES:
-                decisions.append(_decision(event, msg, body))
-            if msg.type == "step_scheduled":
-                attempts[(msg.step_id, msg.attempt)] = {
-                    "step_id": msg.step_id,
-                    "attempt": msg.attempt,
-                    "tool": body.tool,
-                    "side_effect": body.side_effect,
-                    "command_id": body.command_id,
-                    "idempotency_key": body.idempotency_key,
-                    "approval_ids": list(body.approval_ids),
-                    "approved_payload_hash": body.approved_payload_hash,
-                    "scheduled": _base(event),
-                    "outcome": "pending",
-                    "error_class": None,
-                    "error_type": None,
-                    "message": None,
-                    "started_at": None,
-                    "finished_at": None,
-                    "executor_id": None,
-                    "output": None,
-                    "finished": None,
-                }
-            elif msg.type in ("step_succeeded", "step_failed"):
-                attempt = attempts.setdefault(
-                    (msg.step_id, msg.attempt),
-                    {"step_id": msg.step_id, "attempt": msg.attempt, "tool": body.tool, "scheduled": None},
-                )
+            )
+            if msg.type == "step_succeeded":
+                attempt["output"] = body.output
+            else:
                 attempt.update(
+                    {"error_class": str(body.error_class), "error_type": body.error_type, "message": body.message}
+                )
+        elif msg.type == "approval_requested":
+            approvals[body.approval_id] = {
+                "approval_id": body.approval_id,
+                "step_id": body.approves_step,
+                "roles": list(body.roles),
+                "quorum": body.quorum,
+                "tool": body.tool,
+                "payload_hash": body.payload_hash,
+                "target": _dump(body.target),
+                "summary": body.summary,
+                "requested_by": body.requested_by,
+                "expires_at": body.expires_at.isoformat(),
+                "requested": _base(event),
+                "decision": "pending",
+                "decided_by": [],
+                "decided_roles": [],
+                "decided_at": None,
+                "decided_payload_hash": None,
+                "hash_matches": None,
+                "reason": None,
+                "decided": None,
+            }
+        elif msg.type in APPROVAL_DECISIONS:
+            entry = approvals.setdefault(body.approval_id, {"approval_id": body.approval_id, "requested": None})
+            entry.update({"decision": APPROVAL_DECISIONS[msg.type], "decided": _base(event)})
+            if msg.type == "approval_expired":
+                entry["decided_at"] = body.expired_at.isoformat()
+            else:
+                entry.update(
                     {
-                        "outcome": "succeeded" if msg.type == "step_succeeded" else "failed",
-                        "started_at": body.started_at.isoformat(),
-                        "finished_at": body.finished_at.isoformat(),
-                        "executor_id": body.executor_id,
-                        "finished": _base(event),
+                        "decided_by": list(body.decided_by),
+                        "decided_roles": list(body.roles),
+                        "decided_at": body.decided_at.isoformat(),
+                        "decided_payload_hash": body.payload_hash,
+                        "hash_matches": body.payload_hash == entry.get("payload_hash"),
+                        "reason": body.reason,
                     }
                 )
-                if msg.type == "step_succeeded":
-                    attempt["output"] = body.output
-                else:
-                    attempt.update(
-                        {"error_class": str(body.error_class), "error_type": body.error_type, "message": body.message}
-                    )
-            elif msg.type == "approval_requested":
-                approvals[body.approval_id] = {
-                    "approval_id": body.approval_id,
-                    "step_id": body.approves_step,
-                    "roles": list(body.roles),
-                    "quorum": body.quorum,
-                    "tool": body.tool,
-                    "payload_hash": body.payload_hash,
-                    "target": _dump(body.target),
-                    "summary": body.summary,
-                    "requested_by": body.requested_by,
-                    "expires_at": body.expires_at.isoformat(),
-                    "requested": _base(event),
-                    "decision": "pending",
-                    "decided_by": [],
-                    "decided_roles": [],
-                    "decided_at": None,
-                    "decided_payload_hash": None,
-                    "hash_matches": None,
-                    "reason": None,
-                    "decided": None,
-                }
-            elif msg.type in APPROVAL_DECISIONS:
-                entry = approvals.setdefault(body.approval_id, {"approval_id": body.approval_id, "requested": None})
-                entry.update({"decision": APPROVAL_DECISIONS[msg.type], "decided": _base(event)})
-                if msg.type == "approval_expired":
-                    entry["decided_at"] = body.expired_at.isoformat()
-                else:
-                    entry.update(
-                        {
-                            "decided_by": list(body.decided_by),
-                            "decided_roles": list(body.roles),
-                            "decided_at": body.decided_at.isoformat(),
-                            "decided_payload_hash": body.payload_hash,
-                            "hash_matches": body.payload_hash == entry.get("payload_hash"),
-                            "reason": body.reason,
-                        }
-                    )
-            if msg.type in FINAL_STATUS:
-                final = {
-                    "status": FINAL_STATUS[msg.type],
-                    **_base(event),
-                    "reason": body.reason,
-                    "output": getattr(body, "output", None),
-                    "error_class": None if getattr(body, "error_class", None) is None else str(body.error_class),
-                    "failed_step": getattr(body, "failed_step", None),
-                    "requested_by": getattr(body, "requested_by", None),
-                }
+        if msg.type in FINAL_STATUS:
+            final = {
+                "status": FINAL_STATUS[msg.type],
+                **_base(event),
+                "reason": body.reason,
+                "output": getattr(body, "output", None),
+                "error_class": None if getattr(body, "error_class", None) is None else str(body.error_class),
+                "failed_step": getattr(body, "failed_step", None),
+                "requested_by": getattr(body, "requested_by", None),
+            }
     if final["seq"] is None and last_type is not None:
         final["last_event"] = last_type
 

@@ -136,7 +136,7 @@ class Engine:
         started = self._started(trigger, workflow)
         follow = self.advance(self._fold_start(started), workflow, trigger.id)
         if len(follow) == 1 and isinstance(follow[0], StepScheduled):
-            return started.model_copy(update={"body": started.body.model_copy(update={"first_step": follow[0]})})
+            return started.with_first_step(follow[0])
         return started
 
     @staticmethod

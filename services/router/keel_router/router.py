@@ -231,8 +231,7 @@ class Router:
                 # The start carried its first step and the two did not fit together: start the run alone.
                 # Its first step is then decided on its own (`then`), and refused the same way, which
                 # blocks the run with the reason like any other step too large to store.
-                started = events[0]
-                return [started.model_copy(update={"body": started.body.model_copy(update={"first_step": None})})]
+                return [events[0].with_first_step(None)]
             size, largest = max(((len(encode(e)), e) for e in events), key=lambda pair: pair[0])
             what = largest.type + (f" of step {largest.step_id}" if largest.step_id else "")
             why = (

@@ -394,8 +394,7 @@ def test_a_stored_event_whose_timestamp_has_no_offset_is_refused_by_the_codec_or
 
 # --- a start that carries its first step (decision 025) ---------------------------------------------------
 def started_with(step: StepScheduled) -> RunStarted:
-    plain = started()
-    return plain.model_copy(update={"body": plain.body.model_copy(update={"first_step": step})})
+    return started().with_first_step(step)
 
 
 def test_a_start_that_carries_its_first_step_folds_to_the_same_run_as_the_two_events_stored_apart():
