@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,19 @@ from psycopg import sql
 
 from keel_cli.client import KeelClient
 from keel_cli.stack import Stack
+from keel_contracts.approvals import (
+    ApprovalDecisionBody,
+    ApprovalDenied,
+    ApprovalGranted,
+    DecisionProof,
+    payload_hash,
+    proof_of,
+)
 from keel_sandbox.testing import SandboxProcess, start_sandbox
+from keel_shared.decisions import DecisionKeyring, TrustedKey, sign_decision
 from keel_shared.natsserver import NatsServer
 from keel_shared.settings import KeelSettings
+from keel_shared.signing import Signer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What most tests need; a test that exercises another service asks for it (`services=`): fewer
@@ -227,3 +238,46 @@ def chromium() -> Path:
 
 
 os.environ.setdefault("KEEL_LOG_FORMAT", "json")
+
+
+#: The approval service's decision key in tests that build grants themselves (a keyring of
+#: `trusting(TEST_DECISION_SIGNER)` accepts them).
+TEST_DECISION_SIGNER = Signer.generate()
+
+
+def trusting(*signers: Signer) -> DecisionKeyring:
+    """A keyring that trusts these decision keys."""
+    return DecisionKeyring(tuple(TrustedKey(k.key_id, k.public_key, datetime.now(UTC)) for k in signers))
+
+
+def signed_grant(
+    *,
+    run_id: str,
+    step_id: str,
+    payload: dict[str, Any],
+    approval_id: str = "ap-1",
+    workflow: str = "orders",
+    tenant: str = "default",
+    signer: Signer = TEST_DECISION_SIGNER,
+    denied: bool = False,
+) -> DecisionProof:
+    """A decision on the write `step_id` of `run_id` with this payload, signed as the approval service signs."""
+    env: dict[str, Any] = {
+        "run_id": run_id,
+        "workflow": workflow,
+        "tenant": tenant,
+        "correlation_id": "c-1",
+        "actor": "approval",
+        "dedupe_key": f"{run_id}:approval:{approval_id}:decided",
+    }
+    body = ApprovalDecisionBody(
+        approval_id=approval_id,
+        payload_hash=payload_hash(payload),
+        decided_by=["fiona"],
+        roles=["finance"],
+        decided_at=datetime.now(UTC),
+    )
+    event = ApprovalDenied(**env, body=body) if denied else ApprovalGranted(**env, body=body)
+    proof = proof_of(sign_decision(signer, event, step_id))
+    assert proof is not None
+    return proof

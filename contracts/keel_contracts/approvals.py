@@ -9,6 +9,7 @@ new approval.
 
 import hashlib
 import json
+from datetime import UTC
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue
@@ -71,6 +72,9 @@ class ApprovalRequested(Message):
     body: ApprovalRequestedBody
 
 
+SignatureText = Annotated[str, Field(max_length=128)]
+
+
 class ApprovalDecisionBody(Body):
     approval_id: KeyText
     payload_hash: Annotated[str, Field(max_length=80)]
@@ -79,6 +83,40 @@ class ApprovalDecisionBody(Body):
     roles: Annotated[list[Token], Field(max_length=10)]
     reason: Annotated[str, Field(max_length=4096)] = ""
     decided_at: AwareDatetime
+    # The write the decision is about, and the approval service's Ed25519 signature over the decision
+    # (`DecisionProof.statement`): a grant unlocks a write only where this verifies (decision 026).
+    approves_step: Token | None = None
+    key_id: Annotated[str, Field(max_length=64)] | None = None
+    signature: SignatureText | None = None
+
+
+class DecisionProof(Body):
+    """An approval decision as the approval service signed it: every field the signature covers, and the
+    signature. The router checks it before a grant unlocks anything; the step it schedules carries it, so
+    the executor checks it again right before the write (decision 026)."""
+
+    run_id: Token
+    workflow: Token
+    tenant: Token
+    decision: Literal["granted", "denied"]
+    approval_id: KeyText
+    approves_step: Token
+    payload_hash: Annotated[str, Field(max_length=80)]
+    decided_by: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=10)]
+    decided_at: AwareDatetime
+    key_id: Annotated[str, Field(max_length=64)]
+    signature: SignatureText = ""
+
+    def statement(self) -> bytes:
+        """The bytes signed: a labelled, canonical JSON document of every field but the signature."""
+        doc = self.model_dump(mode="json", exclude={"signature"})
+        doc["decided_at"] = self.decided_at.astimezone(UTC).isoformat(timespec="microseconds")
+        doc["statement"] = DECISION_STATEMENT
+        return _canonical(doc)
+
+
+#: Labels what a decision signature means, so no other signed Keel document can pass for one.
+DECISION_STATEMENT = "keel-approval-decision/v1"
 
 
 class ApprovalGranted(Message):
@@ -93,6 +131,31 @@ class ApprovalDenied(Message):
     body: ApprovalDecisionBody
 
 
+def unsigned_proof(event: "ApprovalGranted | ApprovalDenied", key_id: str, approves_step: str) -> DecisionProof:
+    """The statement a decision event is signed over (before its signature exists)."""
+    body = event.body
+    return DecisionProof(
+        run_id=event.run_id,
+        workflow=event.workflow,
+        tenant=event.tenant,
+        decision="granted" if isinstance(event, ApprovalGranted) else "denied",
+        approval_id=body.approval_id,
+        approves_step=approves_step,
+        payload_hash=body.payload_hash,
+        decided_by=list(body.decided_by),
+        decided_at=body.decided_at,
+        key_id=key_id,
+    )
+
+
+def proof_of(event: "ApprovalGranted | ApprovalDenied") -> DecisionProof | None:
+    """The signed proof a decision event carries, or None when it carries no signature at all."""
+    body = event.body
+    if body.key_id is None or body.signature is None or body.approves_step is None:
+        return None
+    return unsigned_proof(event, body.key_id, body.approves_step).model_copy(update={"signature": body.signature})
+
+
 class ApprovalExpiredBody(Body):
     approval_id: KeyText
     expired_at: AwareDatetime
@@ -102,6 +165,21 @@ class ApprovalExpiredBody(Body):
 class ApprovalExpired(Message):
     type: Literal["approval_expired"] = "approval_expired"
     body: ApprovalExpiredBody
+
+
+class ApprovalWithdrawnBody(Body):
+    approval_id: KeyText
+    # The run's end that withdrew the request: run_cancelled, run_failed or run_completed.
+    because: Annotated[str, Field(max_length=64)]
+    reason: ShortText
+
+
+class ApprovalWithdrawn(Message):
+    """The run that asked ended (cancelled, failed, finished) before anyone decided: the request is no
+    longer decidable. Emitted by the router in the transition that ends the run."""
+
+    type: Literal["approval_withdrawn"] = "approval_withdrawn"
+    body: ApprovalWithdrawnBody
 
 
 APPROVAL_DECISION_TYPES = ("approval_granted", "approval_denied", "approval_expired")

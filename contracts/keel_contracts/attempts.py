@@ -38,5 +38,7 @@ def execute_step_for(event: StepScheduled) -> ExecuteStep:
             verify=body.verify,
             approval_id=body.approval_ids[0] if body.approval_ids else None,
             approved_payload_hash=body.approved_payload_hash,
+            approval_ids=body.approval_ids,
+            grants=body.grants,
         ),
     )

@@ -7,6 +7,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from keel_contracts.events import EVENT_TYPES, RunEvent
+from keel_contracts.topology import emitter_problem
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -73,12 +74,29 @@ def parse_json(data: bytes) -> Any:
         raise ContractViolation("malformed_json", f"not valid JSON: {exc}") from None
 
 
-def decode_event(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> RunEvent:
-    """Decode any run event. An event type this version does not know is `unknown_type`, not `invalid`,
-    so readers can skip events written by a newer Keel instead of treating them as corrupt."""
+class WrongEmitter(ContractViolation):
+    """A stored run event whose subject does not name its type's rightful emitter in the topology table (or
+    names another type than the event is): whoever stored it, it is never believed (decision 026)."""
+
+    def __init__(self, subject: str, detail: str) -> None:
+        super().__init__("wrong_emitter", f"{subject}: {detail}")
+        self.subject = subject
+
+
+def check_emitter(subject: str, event_type: str | None) -> None:
+    """Raise `WrongEmitter` unless `subject` is where the rightful emitter of `event_type` stores it."""
+    problem = emitter_problem(subject, event_type)
+    if problem is not None:
+        raise WrongEmitter(subject, problem)
+
+
+def decode_event(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, subject: str | None = None) -> RunEvent:
+    """Decode any run event; with the `subject` it was stored under, only if that is its rightful
+    emitter's (`WrongEmitter` otherwise). An event type this version does not know is `unknown_type`, not
+    `invalid`, so readers can skip events written by a newer Keel instead of treating them as corrupt."""
     _check_size(data, max_bytes)
     try:
-        return _EVENT_ADAPTER.validate_json(data)
+        event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         errors = exc.errors()
         if any(e["type"] == "json_invalid" for e in errors):
@@ -87,6 +105,9 @@ def decode_event(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Run
             kind = _peek_type(data)
             raise ContractViolation("unknown_type", f"event type {kind!r} is not one of {sorted(EVENT_TYPES)}") from exc
         raise ContractViolation("invalid", _describe(exc)) from exc
+    if subject is not None:
+        check_emitter(subject, event.type)
+    return event
 
 
 def _peek_type(data: bytes) -> Any:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, JsonValue
 
+from keel_contracts.approvals import DecisionProof
 from keel_contracts.envelope import Body, KeyText, Message, Token
 
 
@@ -47,6 +48,9 @@ class ExecuteStepBody(Body):
     # about to send hashes to exactly what was approved.
     approval_id: Annotated[str, Field(max_length=512)] | None = None
     approved_payload_hash: Annotated[str, Field(max_length=80)] | None = None
+    # The approval service's signed grants of this write; the executor verifies them before it writes.
+    approval_ids: Annotated[list[KeyText], Field(max_length=8)] = Field(default_factory=list)
+    grants: Annotated[list[DecisionProof], Field(max_length=8)] = Field(default_factory=list)
     # Run by the executor after an unknown outcome, before it would ever send the write again.
     verify: VerifySpec | None = None
 

@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue
 
-from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.approvals import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalRequested,
+    ApprovalWithdrawn,
+    DecisionProof,
+)
 from keel_contracts.commands import VerifySpec
 from keel_contracts.envelope import Body, KeyText, Message, ShortText, Token
 from keel_contracts.errors import ErrorClass
@@ -40,6 +47,9 @@ class StepScheduledBody(Body):
     # execute command carries the hash, so the executor refuses any other payload.
     approval_ids: Annotated[list[KeyText], Field(max_length=8)] = Field(default_factory=list)
     approved_payload_hash: Annotated[str, Field(max_length=80)] | None = None
+    # The signed grants behind `approval_ids`: the executor verifies them against the approval service's
+    # keyring before it writes (decision 026).
+    grants: Annotated[list[DecisionProof], Field(max_length=8)] = Field(default_factory=list)
     # The step's verify call rendered for this attempt (request, idempotency key, number filled in).
     verify: VerifySpec | None = None
 
@@ -293,7 +303,8 @@ RunEvent = Annotated[
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalDenied
-    | ApprovalExpired,
+    | ApprovalExpired
+    | ApprovalWithdrawn,
     Field(discriminator="type"),
 ]
 
@@ -319,6 +330,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
         ApprovalGranted,
         ApprovalDenied,
         ApprovalExpired,
+        ApprovalWithdrawn,
     )
 }
 

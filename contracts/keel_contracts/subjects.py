@@ -9,6 +9,8 @@ Triggers:    keel.trigger.<source>
 Dead letters: keel.dlq.<service>.<reason>
 Live feed:   keel.live.run.>  (RePublish of stored events only; never a core subscription on keel.run.>,
   which would also see publishes the stream rejected)
+
+Who emits which event type, and which durable consumer delivers what, is declared in `topology`.
 """
 
 import re
@@ -38,12 +40,6 @@ APPROVAL_REQUESTS_DURABLE: Final = "approval-requests"
 ROUTER_COMMANDS_DURABLE: Final = "router-commands"
 
 ROUTER_COMMANDS_ALL: Final = "keel.cmd.router.>"
-APPROVAL_REQUESTED_ALL: Final = "keel.run.*.*.router.approval_requested"
-#: What the executor consumes: the router's decision to run an attempt of a tool step (decision 023), and
-#: a run's start, which carries the attempt of its first step when that is a tool step (decision 025).
-STEP_SCHEDULED_ALL: Final = "keel.run.*.*.router.step_scheduled"
-RUN_STARTED_ALL: Final = "keel.run.*.*.router.run_started"
-EXECUTOR_WORK: Final = (STEP_SCHEDULED_ALL, RUN_STARTED_ALL)
 
 # Services, used as the emitter token of run events and as the actor of what they publish.
 ROUTER: Final = "router"

@@ -4,6 +4,8 @@ For each delivered message, in this order:
 - larger than the limit: dead-letter (`too_large`) and terminate;
 - delivered more often than `max_deliveries` (a poison message that keeps killing or failing its
   handler): dead-letter (`max_deliveries`) and terminate, before the handler sees it again;
+- a run event whose subject does not name the rightful emitter of its type (topology table): dead-letter
+  (`wrong_emitter`, also counted in `keel_wrong_emitter_total`) before the handler sees it;
 - decoding or the handler raises `ContractViolation` or a pydantic `ValidationError`: dead-letter with
   the reason and terminate;
 - the handler raises `Redeliver`: negative-ack with the delay it asks for;
@@ -26,11 +28,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from keel_contracts.codec import ContractViolation
+from keel_contracts.codec import ContractViolation, WrongEmitter, check_emitter
 from keel_shared.deadletters import dead_letter
 from keel_shared.logging import bound_context, get_logger
 from keel_shared.metrics import HANDLER_SECONDS, MESSAGES_HANDLED
 from keel_shared.settings import KeelSettings
+from keel_shared.trust import count_wrong_emitter
 
 log = get_logger(__name__)
 
@@ -119,6 +122,7 @@ class Guard:
         decode: Callable[[bytes], Any],
         handler: Callable[[Any], Awaitable[Any]],
         history_getter: Callable[[], HistoryOf | None] = lambda: None,
+        run_events: bool = False,
     ) -> None:
         self._service = service
         self._consumer = consumer
@@ -129,6 +133,8 @@ class Guard:
         self._decode = decode
         self._handler = handler
         self._history = history_getter
+        # Whether what arrives are run events, each believed only from its rightful emitter.
+        self._run_events = run_events
         self._seconds = HANDLER_SECONDS.labels(service, consumer)
         self._outcomes = {
             kind: MESSAGES_HANDLED.labels(service, consumer, kind) for kind in ("ack", "nak", "dead_letter")
@@ -156,7 +162,14 @@ class Guard:
             await self._refuse(msg, "max_deliveries", f"{detail}; history:\n{history}" if history else detail)
             return
         try:
-            await self._handler(self._decode(raw.data))
+            decoded = self._decode(raw.data)
+            if self._run_events:
+                try:
+                    check_emitter(raw.subject, getattr(decoded, "type", None))
+                except WrongEmitter as exc:
+                    count_wrong_emitter(self._service, raw.subject, exc.detail)
+                    raise
+            await self._handler(decoded)
         except ContractViolation as exc:
             await self._refuse(msg, exc.reason, exc.detail)
             return

@@ -33,6 +33,17 @@ NATS_ERRORS = Counter(
     "Errors reported by the NATS client (includes permission violations).",
     ["service"],
 )
+WRONG_EMITTER = Counter(
+    "keel_wrong_emitter_total",
+    "Run events a service refused to believe because their subject does not name the rightful emitter of "
+    "their type (topology table), by the reading service and the emitter token and type found.",
+    ["service", "emitter", "type"],
+)
+UNVERIFIED_DECISIONS = Counter(
+    "keel_unverified_decisions_total",
+    "Approval decisions a service refused because their signature did not verify against its keyring.",
+    ["service"],
+)
 UP = Gauge("keel_service_up", "1 while the service is connected and consuming.", ["service"])
 
 HealthCheck = Callable[[], dict[str, Any]]

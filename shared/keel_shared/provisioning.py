@@ -23,6 +23,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
+from keel_contracts import topology
 from keel_shared.settings import KeelSettings
 
 
@@ -116,39 +117,49 @@ class DurableSpec:
     config: ConsumerConfig
 
 
-def durables(settings: KeelSettings) -> list[DurableSpec]:
-    def durable(stream: str, name: str, *subjects: str, max_ack_pending: int = 1000) -> DurableSpec:
-        # Every durable: explicit acks, the same ack wait (long work renews it with in-progress
-        # heartbeats, so it stays short and a crashed process's messages come back quickly), and no
-        # server-side max_deliver: the consume guard dead-letters poison messages (decision 005).
-        return DurableSpec(
-            stream,
-            ConsumerConfig(
-                durable_name=name,
-                filter_subject=subjects[0] if len(subjects) == 1 else None,
-                filter_subjects=list(subjects) if len(subjects) > 1 else None,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait_seconds,
-                max_ack_pending=max_ack_pending,
-            ),
-        )
+def consumer_config(spec: topology.Durable, settings: KeelSettings) -> ConsumerConfig:
+    """The consumer config of one durable of the topology table (ack settings: see `topology.Durable`)."""
+    subjects = list(spec.filter_subjects)
+    return ConsumerConfig(
+        durable_name=spec.name,
+        description=spec.description,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_seconds,
+        max_ack_pending=spec.max_ack_pending,
+    )
 
-    return [
-        durable(s.COMMANDS_STREAM, s.ROUTER_TRIGGERS_DURABLE, s.TRIGGERS_ALL),
-        # The router reacts to what other services report (attempt outcomes, approval decisions); its own
-        # events it already knows.
-        durable(s.EVENTS_STREAM, s.ROUTER_EVENTS_DURABLE, s.emitter_filter(s.EXECUTOR), s.emitter_filter(s.APPROVAL)),
-        # Not `keel.timer.fire.>`: approval expiries share the stream and have their own durable.
-        durable(t.TIMERS_STREAM, t.ROUTER_TIMERS_DURABLE, t.ROUTER_TIMERS_FIRE),
-        # Human input and cancellations for runs (`keel run input`, `keel run cancel`).
-        durable(s.COMMANDS_STREAM, s.ROUTER_COMMANDS_DURABLE, s.ROUTER_COMMANDS_ALL),
-        # Executors run what the router scheduled: its step_scheduled events (decision 023) and the first
-        # step a run_started carries (decision 025) are their work.
-        durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE, *s.EXECUTOR_WORK, max_ack_pending=1024),
-        durable(s.EVENTS_STREAM, s.APPROVAL_REQUESTS_DURABLE, s.APPROVAL_REQUESTED_ALL),
-        durable(t.TIMERS_STREAM, t.APPROVAL_TIMERS_DURABLE, t.APPROVAL_TIMERS_FIRE),
-    ]
+
+def durables(settings: KeelSettings) -> list[DurableSpec]:
+    return [DurableSpec(spec.stream, consumer_config(spec, settings)) for spec in topology.DURABLES]
+
+
+#: The consumer settings `keel init` owns, compared between the table and a provisioned store.
+_OWNED = ("description", "deliver_policy", "ack_policy", "ack_wait", "max_ack_pending", "max_deliver")
+
+
+def _filters(config: ConsumerConfig) -> list[str]:
+    return sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
+
+
+def consumer_changes(existing: ConsumerConfig, wanted: ConsumerConfig) -> list[str]:
+    """What provisioning `wanted` over `existing` changes, one line per setting (empty: identical)."""
+    changes = []
+    if _filters(existing) != _filters(wanted):
+        changes.append(f"filter subjects {_filters(existing)} -> {_filters(wanted)}")
+    for name in _OWNED:
+        before, after = getattr(existing, name), getattr(wanted, name)
+        if name == "max_deliver" and after is None:
+            after = -1  # unset: the server's "unlimited"
+        if name == "description" and not before and not after:
+            continue
+        if before != after and not (
+            isinstance(before, float | int) and isinstance(after, float | int) and abs(before - after) < 1e-6
+        ):
+            changes.append(f"{name} {before!r} -> {after!r}")
+    return changes
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -167,7 +178,9 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
         await js.create_key_value(config)
 
 
-async def provision(js: JetStreamContext, settings: KeelSettings) -> None:
+async def provision(js: JetStreamContext, settings: KeelSettings) -> list[str]:
+    """Create or update everything; returns what changed in consumers that already existed (`keel init`
+    prints it), one line per durable and setting."""
     for config in (
         events_stream(settings),
         commands_stream(settings),
@@ -209,5 +222,14 @@ async def provision(js: JetStreamContext, settings: KeelSettings) -> None:
     )
     if settings.audit_store == "object_store":
         await _ensure_stream(js, audit_bucket_stream(settings))
+    changed: list[str] = []
     for spec in durables(settings):
+        name = spec.config.durable_name or ""
+        try:
+            existing = (await js.consumer_info(spec.stream, name)).config
+        except NotFoundError:
+            existing = None
+        if existing is not None:
+            changed += [f"{spec.stream} consumer {name}: {line}" for line in consumer_changes(existing, spec.config)]
         await js.add_consumer(spec.stream, spec.config)
+    return changed

@@ -1,12 +1,13 @@
 """Least-privilege NATS identities for Keel: `keel init --secure` (docs/security.md).
 
 Every service gets its own NKEY user, and the server's authorization block lets each one publish and
-subscribe only the subjects its code uses. The lists below were worked out against a real nats-server
+subscribe only the subjects its code uses. The lists are rendered from the topology table
+(`keel_contracts.topology`) and were worked out against a real nats-server
 (tests/integration/test_security_permissions.py proves every allow and every deny):
 
-- run events are `keel.run.<workflow>.<run>.<emitter>.<type>`, so "the executor writes only executor
-  events" is `keel.run.*.*.executor.*`. NATS wildcards match whole tokens only, which is why the emitter
-  has a token of its own;
+- run events are `keel.run.<workflow>.<run>.<emitter>.<type>`, so "the executor writes only step
+  outcomes" is one allow per type it emits (`keel.run.*.*.executor.step_succeeded`, ...). NATS wildcards
+  match whole tokens only, which is why the emitter and the type have tokens of their own;
 - a JetStream publish is a request whose reply goes to the publisher's inbox. Every service uses a
   private inbox prefix (`_INBOX_<service>`, see connection.py), so none can read another's replies;
 - binding a provisioned durable needs `CONSUMER.INFO` and `CONSUMER.MSG.NEXT` on exactly that durable and
@@ -31,19 +32,18 @@ import nkeys
 
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
+from keel_contracts import topology
 from keel_shared.connection import inbox_prefix
 from keel_shared.settings import KeelSettings
 
 JS_API = "$JS.API"
 
-ADMIN = "admin"
-DASHBOARD = "dashboard"
-#: An operator's `keel` CLI (and the Python client): starts runs, answers and cancels them, reads them.
-CLI = "cli"
-#: The webhook ingress (`python -m keel_router.ingress`): turns signed webhooks into triggers.
-INGRESS = "ingress"
-#: Every identity `keel init --secure` creates, in the order the config lists them.
-IDENTITIES: tuple[str, ...] = (ADMIN, s.ROUTER, s.EXECUTOR, s.APPROVAL, s.AUDIT, DASHBOARD, CLI, INGRESS)
+# The identities are the topology table's (re-exported: callers name them from here).
+ADMIN = topology.ADMIN
+DASHBOARD = topology.DASHBOARD
+CLI = topology.CLI
+INGRESS = topology.INGRESS
+IDENTITIES: tuple[str, ...] = topology.IDENTITIES
 
 AUTH_CONFIG_NAME = "nats-auth.conf"
 SEEDS_DIR_NAME = "nkeys"
@@ -154,145 +154,109 @@ def _stream_admin() -> list[str]:
     ]
 
 
+def _events_of(identity: str) -> list[str]:
+    """One allow per event type the identity emits: the type is the subject's last token, so the server
+    refuses any other type, even under the identity's own emitter token (decision 026)."""
+    return [route.subject for route in topology.emitted_by(identity)]
+
+
+def _others_events(identity: str) -> list[str]:
+    """Every other emitter's events (spelled out as denies, so the intent survives a careless allow)."""
+    return [s.emitter_filter(other) for other in s.SERVICES if other != identity]
+
+
+def _scan_events() -> list[str]:
+    # The audit service's ordered reader: an ephemeral, unfiltered pull consumer it creates, pulls and deletes.
+    return [
+        f"{JS_API}.STREAM.INFO.{s.EVENTS_STREAM}",
+        f"{JS_API}.CONSUMER.CREATE.{s.EVENTS_STREAM}.*",
+        f"{JS_API}.CONSUMER.INFO.{s.EVENTS_STREAM}.*",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{s.EVENTS_STREAM}.*",
+        f"{JS_API}.CONSUMER.DELETE.{s.EVENTS_STREAM}.*",
+    ]
+
+
+def _audit_bucket(bucket: str) -> list[str]:
+    # Its own write-once segment bucket (KEEL_AUDIT_STORE=object_store).
+    stream = f"OBJ_{bucket}"
+    return [
+        f"$O.{bucket}.>",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _rendered(identity: str, settings: KeelSettings) -> Permissions:
+    """An identity's NATS permissions, from the topology table: the events it emits, the commands it
+    sends, the durables it binds and its `Access`; everything else another service's is denied."""
+    access = topology.ACCESS[identity]
+    own_durables = topology.durables_of(identity)
+    others = [d for d in topology.DURABLES if d.consumer != identity]
+    allow: list[str] = [*_events_of(identity)]
+    allow += [command.subject for command in topology.commands_of(identity)]
+    if access.dead_letters:
+        allow.append(s.dlq_subject(identity, "*"))
+    for spec in own_durables:
+        allow += _durable(spec.stream, spec.name)
+    if access.reads_runs:
+        allow += _read_events()
+    if access.follows_events:
+        allow += _ordered_events_reader()
+    if access.scans_events:
+        allow += _scan_events()
+    for bucket in access.kv_write:
+        allow += _kv_write(bucket)
+    for bucket in access.kv_watch:
+        allow += _kv_watch(bucket)
+    if identity == s.AUDIT:
+        allow += _audit_bucket(settings.audit_bucket)
+    sends = {command.subject for command in topology.commands_of(identity)}
+    deny: list[str] = []
+    if not topology.emitted_by(identity) and not sends and not access.dead_letters:
+        deny.append("keel.>")  # it reads; it never writes anything of Keel's
+    else:
+        deny += _others_events(identity) if topology.emitted_by(identity) else [s.EVENTS_ALL]
+        if s.TRIGGERS_ALL not in sends:
+            deny.append(s.TRIGGERS_ALL)
+        if s.ROUTER_COMMANDS_ALL not in sends:
+            deny.append(s.COMMANDS_ALL)
+        if not any(c.stream == t.TIMERS_STREAM for c in topology.commands_of(identity)):
+            deny.append(t.TIMERS_SCHEDULE_ALL)
+    if s.RUNS_BUCKET not in access.kv_write:
+        deny.append(f"$KV.{s.RUNS_BUCKET}.>")
+    for stream in {d.stream for d in others if d.stream == s.EVENTS_STREAM}:
+        deny += _durables_of_others(stream, [d.name for d in others if d.stream == stream])
+    if access.follows_events:
+        # Ordered consumers may be created, but its own durables stay as `keel init` made them.
+        deny += [
+            f"{JS_API}.CONSUMER.{op}.{spec.stream}.{spec.name}{tail}"
+            for spec in own_durables
+            if spec.stream == s.EVENTS_STREAM
+            for op, tail in (("CREATE", ""), ("CREATE", ".>"), ("DELETE", ""))
+        ]
+    deny += _stream_admin()
+    return Permissions(
+        publish_allow=tuple(allow),
+        subscribe_allow=(_inbox(identity), *access.subscribes),
+        publish_deny=tuple(dict.fromkeys(deny)),
+    )
+
+
 def permissions(settings: KeelSettings | None = None) -> dict[str, Permissions]:
-    """Each identity's allow and deny lists. Denies win over allows in NATS; they are spelled out for
-    the forbidden subjects that matter most, so the intent survives a careless allow added later."""
+    """Each identity's allow and deny lists, rendered from the topology table. Denies win over allows in
+    NATS; they are spelled out for the forbidden subjects that matter most, so the intent survives a
+    careless allow added later."""
     settings = settings or KeelSettings()
-    events_durables = (s.ROUTER_EVENTS_DURABLE, s.APPROVAL_REQUESTS_DURABLE, s.EXECUTOR_DURABLE)
-    audit_bucket = settings.audit_bucket
-    audit_stream = f"OBJ_{audit_bucket}"
-    return {
-        ADMIN: Permissions(publish_allow=(">",), subscribe_allow=(">",)),
-        s.ROUTER: Permissions(
-            publish_allow=(
-                s.emitter_filter(s.ROUTER),
-                # Its own timers (three tokens after the prefix; approval expiries have four, so the
-                # router cannot schedule or cancel those).
-                t.ROUTER_TIMERS_FIRE.replace(".fire.", ".sched."),
-                s.dlq_subject(s.ROUTER, "*"),
-                *_durable(s.COMMANDS_STREAM, s.ROUTER_TRIGGERS_DURABLE),
-                *_durable(s.COMMANDS_STREAM, s.ROUTER_COMMANDS_DURABLE),
-                *_durable(s.EVENTS_STREAM, s.ROUTER_EVENTS_DURABLE),
-                *_durable(t.TIMERS_STREAM, t.ROUTER_TIMERS_DURABLE),
-                *_read_events(),
-                # It counts runs in flight from their start and end events (keel_router.admission).
-                *_ordered_events_reader(),
-                *_kv_write(s.RUNS_BUCKET),
-            ),
-            publish_deny=(
-                *_other_emitters(s.ROUTER),
-                *_stream_admin(),
-                *_durables_of_others(s.EVENTS_STREAM, (s.APPROVAL_REQUESTS_DURABLE, s.EXECUTOR_DURABLE)),
-                # Ordered consumers may be created, but its provisioned durable stays as `keel init` made it.
-                *(
-                    f"{JS_API}.CONSUMER.{op}.{s.EVENTS_STREAM}.{s.ROUTER_EVENTS_DURABLE}{tail}"
-                    for op, tail in (("CREATE", ""), ("CREATE", ".>"), ("DELETE", ""))
-                ),
-            ),
-            subscribe_allow=(_inbox(s.ROUTER),),
-        ),
-        s.EXECUTOR: Permissions(
-            publish_allow=(
-                s.emitter_filter(s.EXECUTOR),
-                s.dlq_subject(s.EXECUTOR, "*"),
-                # Its work is the router's step_scheduled and run_started events (decisions 023, 025).
-                *_durable(s.EVENTS_STREAM, s.EXECUTOR_DURABLE),
-                # Before recording an outcome it looks for one already stored (a retry after a crash), and
-                # before a write for the run's cancellation.
-                *_read_events(),
-                *_kv_write(s.CLAIMS_BUCKET),
-            ),
-            # Never a router event (run state), never an approval decision, never a trigger or command.
-            publish_deny=(
-                *_other_emitters(s.EXECUTOR),
-                s.COMMANDS_ALL,
-                s.TRIGGERS_ALL,
-                *_durables_of_others(s.EVENTS_STREAM, (s.ROUTER_EVENTS_DURABLE, s.APPROVAL_REQUESTS_DURABLE)),
-                *_stream_admin(),
-            ),
-            subscribe_allow=(_inbox(s.EXECUTOR),),
-        ),
-        s.APPROVAL: Permissions(
-            publish_allow=(
-                s.emitter_filter(s.APPROVAL),
-                t.APPROVAL_TIMERS_FIRE.replace(".fire.", ".sched."),
-                s.dlq_subject(s.APPROVAL, "*"),
-                *_durable(s.EVENTS_STREAM, s.APPROVAL_REQUESTS_DURABLE),
-                *_durable(t.TIMERS_STREAM, t.APPROVAL_TIMERS_DURABLE),
-                # Rebuilding a lost approval store from the stream reads the approval events back.
-                *_read_events(),
-            ),
-            publish_deny=(*_other_emitters(s.APPROVAL), s.COMMANDS_ALL, s.TRIGGERS_ALL, *_stream_admin()),
-            subscribe_allow=(_inbox(s.APPROVAL),),
-        ),
-        s.AUDIT: Permissions(
-            publish_allow=(
-                # Its ordered reader: an ephemeral, unfiltered pull consumer it creates, pulls and deletes.
-                f"{JS_API}.STREAM.INFO.{s.EVENTS_STREAM}",
-                f"{JS_API}.CONSUMER.CREATE.{s.EVENTS_STREAM}.*",
-                f"{JS_API}.CONSUMER.INFO.{s.EVENTS_STREAM}.*",
-                f"{JS_API}.CONSUMER.MSG.NEXT.{s.EVENTS_STREAM}.*",
-                f"{JS_API}.CONSUMER.DELETE.{s.EVENTS_STREAM}.*",
-                # Its own write-once segment bucket (KEEL_AUDIT_STORE=object_store).
-                f"$O.{audit_bucket}.>",
-                f"{JS_API}.STREAM.INFO.{audit_stream}",
-                f"{JS_API}.DIRECT.GET.{audit_stream}.>",
-                f"{JS_API}.STREAM.MSG.GET.{audit_stream}",
-                f"{JS_API}.CONSUMER.CREATE.{audit_stream}",
-                f"{JS_API}.CONSUMER.CREATE.{audit_stream}.>",
-                f"{JS_API}.CONSUMER.DELETE.{audit_stream}.*",
-                f"$JS.FC.{audit_stream}.>",
-            ),
-            publish_deny=(
-                # It reads the log; it never writes run events, commands or timers.
-                s.EVENTS_ALL,
-                s.COMMANDS_ALL,
-                s.TRIGGERS_ALL,
-                t.TIMERS_SCHEDULE_ALL,
-                *_durables_of_others(s.EVENTS_STREAM, events_durables),
-                *_stream_admin(),
-            ),
-            subscribe_allow=(_inbox(s.AUDIT),),
-        ),
-        DASHBOARD: Permissions(
-            publish_allow=(*_kv_watch(s.RUNS_BUCKET), *_read_events()),
-            publish_deny=(f"$KV.{s.RUNS_BUCKET}.>", "keel.>", *_stream_admin()),
-            subscribe_allow=(s.LIVE_ALL, _inbox(DASHBOARD)),
-        ),
-        CLI: Permissions(
-            publish_allow=(
-                s.TRIGGERS_ALL,
-                s.ROUTER_COMMANDS_ALL,
-                *_ordered_events_reader(),
-                *_read_events(),
-                *_kv_watch(s.RUNS_BUCKET),
-            ),
-            publish_deny=(
-                s.EVENTS_ALL,
-                f"$KV.{s.RUNS_BUCKET}.>",
-                *_durables_of_others(s.EVENTS_STREAM, events_durables),
-                *_stream_admin(),
-            ),
-            # The router's dead letters name a refused trigger or command: the CLI watches for its own.
-            subscribe_allow=(_inbox(CLI), s.dlq_subject(s.ROUTER, "*"), s.LIVE_ALL),
-        ),
-        INGRESS: Permissions(
-            publish_allow=(
-                s.TRIGGERS_ALL,
-                # It answers a webhook once the router started or joined the run (or refused the trigger).
-                *_ordered_events_reader(),
-                *_kv_write(s.WEBHOOK_REPLAY_BUCKET),
-            ),
-            publish_deny=(
-                s.EVENTS_ALL,
-                s.COMMANDS_ALL,
-                t.TIMERS_SCHEDULE_ALL,
-                *_durables_of_others(s.EVENTS_STREAM, events_durables),
-                *_stream_admin(),
-            ),
-            subscribe_allow=(_inbox(INGRESS), s.dlq_subject(s.ROUTER, "*")),
-        ),
-    }
+    out = {ADMIN: Permissions(publish_allow=(">",), subscribe_allow=(">",))}
+    for identity in IDENTITIES:
+        if identity != ADMIN:
+            out[identity] = _rendered(identity, settings)
+    return out
 
 
 # --- config rendering ----------------------------------------------------------------------------------

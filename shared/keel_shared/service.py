@@ -19,6 +19,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from keel_contracts import subjects as s
+from keel_contracts import topology
 from keel_shared.connection import make_broker
 from keel_shared.consumerlag import ConsumerLagCollector
 from keel_shared.consuming import Guard, HistoryOf
@@ -85,15 +87,15 @@ class ServiceRuntime:
     # --- subscribers ---------------------------------------------------------------------------
     def pull_subscriber(
         self,
-        subject: str | tuple[str, ...],
-        *,
-        stream: str,
         durable: str,
+        *,
         concurrency: int,
-        description: str,
         decode: Callable[[bytes], Any],
+        description: str | None = None,
     ) -> Callable[[Handler], Handler]:
-        """A consumer of a durable that `keel init` provisioned; never creates one.
+        """A consumer of a durable of the topology table (`keel_contracts.topology.DURABLES`), which
+        `keel init` provisioned: its stream and filter subjects come from the table; it is never created
+        here, and only the service the table names may bind it.
 
         Up to `concurrency` messages are handled at once, each as soon as it arrives, with pull requests
         kept ahead of the work (`keel_shared.pulling`, decision 024). `decode` turns the body into the
@@ -101,22 +103,35 @@ class ServiceRuntime:
         guard). The handler is also registered, with its annotation, on `spec_broker`: FastStream
         documents it (AsyncAPI) but does not consume for it.
         """
+        spec = topology.durable(durable)
+        if spec.consumer != self.name:
+            raise ValueError(f"durable {durable} belongs to {spec.consumer}, not {self.name} (keel_contracts.topology)")
+        stream = spec.stream
         self.consumer_lag.add(stream, durable)
 
         def register(handler: Handler) -> Handler:
             # A durable with several filter subjects is documented once per subject; it is still one
             # consumer with one pull loop.
-            for filter_subject in (subject,) if isinstance(subject, str) else subject:
+            for filter_subject in spec.filter_subjects:
                 self.spec_broker.subscriber(
                     filter_subject,
                     stream=JStream(stream, declare=False),
                     durable=durable,
                     config=ConsumerConfig(durable_name=durable),
                     pull_sub=PullSub(batch_size=concurrency),
-                    description=description,
+                    description=description or spec.description,
                     no_reply=True,
                 )(handler)
-            guard = Guard(self.name, durable, self.settings, lambda: self.js, decode, handler, self._history)
+            guard = Guard(
+                self.name,
+                durable,
+                self.settings,
+                lambda: self.js,
+                decode,
+                handler,
+                self._history,
+                run_events=stream == s.EVENTS_STREAM,
+            )
             self.consumer_specs.append((stream, durable, concurrency, guard))
             return handler
 

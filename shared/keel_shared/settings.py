@@ -86,6 +86,15 @@ class KeelSettings(BaseSettings):
     # Mark the inbox's session cookie Secure: set it whenever the inbox is served over HTTPS.
     approval_cookie_secure: bool = False
     approval_session_hours: float = Field(default=8, gt=0, le=24 * 30)
+    # The approval service's Ed25519 key for signing decisions (PEM, 0600); unset means
+    # <data_dir>/keys/approval-signing.pem, created by `keel init` or the service's first start.
+    approval_signing_key_file: Path | None = None
+    # The keys whose signed grants the router and executors accept; unset means
+    # <data_dir>/keys/approval-keyring.json (docs/security.md, "Signed decisions").
+    approval_keyring_file: Path | None = None
+    # Wrong approver tokens one client may send in `approval_guess_window_seconds` before it gets 429.
+    approval_max_failed_logins: int = Field(default=10, ge=1)
+    approval_guess_window_seconds: float = Field(default=60, gt=0)
     # Largest payload one approval request may carry (canonical JSON bytes). The router blocks a run
     # before asking for more; the approval service denies a larger request it is given.
     max_approval_payload_bytes: int = Field(default=DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES, ge=1)

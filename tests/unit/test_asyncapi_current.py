@@ -3,8 +3,10 @@
 
 import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
-from keel_contracts import subjects as s
+from keel_contracts import topology
 from keel_dashboard import asyncapi
 
 
@@ -28,18 +30,37 @@ def test_documents_are_asyncapi_3_with_typed_payloads_everywhere() -> None:
         assert actions == {"send", "receive"}, path.name
 
 
-def test_the_router_outcome_channel_is_documented_from_the_contracts() -> None:
-    doc = json.loads((asyncapi.DOCS / "router.json").read_text())
-    outcome = doc["components"]["schemas"]["RouterOutcome"]
-    kinds = {ref["$ref"].rsplit("/", 1)[-1] for ref in outcome["oneOf"]}
-    assert kinds == {"StepSucceeded", "StepFailed", "ApprovalGranted", "ApprovalDenied", "ApprovalExpired"}
-    channels = [c for c in doc["channels"].values() if c["address"] == s.emitter_filter(s.EXECUTOR)]
-    assert len(channels) == 1
+def _channels(doc: dict[str, Any]) -> dict[str, str]:
+    """address -> payload component name, for every channel of a document."""
+    out = {}
+    for channel in doc["channels"].values():
+        for ref in channel["messages"].values():
+            message = doc["components"]["messages"][unquote(ref["$ref"].rsplit("/", 1)[-1])]
+            out[channel["address"]] = message["payload"]["$ref"].rsplit("/", 1)[-1]
+    return out
 
 
-def test_every_run_event_type_is_sent_by_exactly_one_service() -> None:
-    emitted = asyncapi.ROUTER_EVENTS + asyncapi.EXECUTOR_EVENTS + asyncapi.APPROVAL_EVENTS
-    assert sorted(cls.__name__ for cls in emitted) == sorted(cls.__name__ for cls in set(emitted))
-    from keel_contracts.events import EVENT_TYPES
+def test_each_consumer_documents_every_filter_subject_of_its_durable_with_that_events_contract() -> None:
+    for service in ("router", "executor", "approval"):
+        channels = _channels(json.loads((asyncapi.DOCS / f"{service}.json").read_text()))
+        for durable in topology.durables_of(service):
+            for subject in durable.filter_subjects:
+                assert subject in channels, f"{service}: {durable.name} filters {subject}, not documented"
+        by_subject = {route.subject: route.model.__name__ for route in topology.EVENTS}
+        for address, payload in channels.items():
+            if address in by_subject:
+                assert payload == by_subject[address], (service, address, payload)
 
-    assert set(emitted) == set(EVENT_TYPES.values())
+
+def test_every_run_event_type_is_documented_as_sent_by_its_rightful_emitter_only() -> None:
+    sent: dict[str, set[str]] = {}
+    for service in ("router", "executor", "approval"):
+        doc = json.loads((asyncapi.DOCS / f"{service}.json").read_text())
+        for name, message in doc["components"]["messages"].items():
+            if name.startswith("run-events-"):
+                schema = doc["components"]["schemas"][message["payload"]["$ref"].rsplit("/", 1)[-1]]
+                refs = schema.get("oneOf") or [{"$ref": message["payload"]["$ref"]}]
+                sent[service] = {ref["$ref"].rsplit("/", 1)[-1] for ref in refs}
+    for route in topology.EVENTS:
+        owners = [service for service, models in sent.items() if route.model.__name__ in models]
+        assert owners == [route.emitter], (route.type, owners)

@@ -4,7 +4,9 @@ plus the HTTP API and inbox, served by uvicorn on the same event loop."""
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
 
 from keel_approval.approvers import ApproverDirectory
 from keel_approval.db import Database, database_url
@@ -16,10 +18,11 @@ from keel_approval.timers import ApprovalExpiryDue, expiry_timer
 from keel_approval.webapp import create_app
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
-from keel_contracts.approvals import ApprovalRequested
-from keel_contracts.codec import decode
+from keel_contracts.approvals import ApprovalRequested, ApprovalWithdrawn
+from keel_contracts.codec import decode, decode_with
 from keel_contracts.envelope import Message
 from keel_shared.consuming import Redeliver, current_message
+from keel_shared.decisions import ensure_decision_keys
 from keel_shared.eventstore import EventStore
 from keel_shared.http import EmbeddedServer, start_embedded
 from keel_shared.logging import bound_context, get_logger
@@ -28,6 +31,11 @@ from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
 
 log = get_logger(__name__)
+
+#: What the approval service's durable delivers from the run stream (`keel_contracts.topology`).
+_RUN_EVENTS: TypeAdapter[ApprovalRequested | ApprovalWithdrawn] = TypeAdapter(
+    Annotated[ApprovalRequested | ApprovalWithdrawn, Field(discriminator="type")]
+)
 
 
 class ApprovalRuntime(ServiceRuntime):
@@ -51,7 +59,8 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
     def clock() -> datetime:
         return datetime.now(UTC)
 
-    store = ApprovalStore(db, clock)
+    # Its decisions are signed with this key; the router and executors trust its public key (decision 026).
+    store = ApprovalStore(db, clock, ensure_decision_keys(settings))
     directory = ApproverDirectory(db, clock)
     events: EventStore | None = None
 
@@ -81,24 +90,20 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
     tasks: list[asyncio.Task[None]] = []
 
     @runtime.pull_subscriber(
-        s.APPROVAL_REQUESTED_ALL,
-        stream=s.EVENTS_STREAM,
-        durable=s.APPROVAL_REQUESTS_DURABLE,
+        s.APPROVAL_REQUESTS_DURABLE,
         concurrency=32,
-        description="A run asks for approval: record it, show it to approvers, schedule its expiry",
-        decode=lambda data: decode(ApprovalRequested, data, settings.max_message_bytes),
+        decode=lambda data: decode_with(_RUN_EVENTS, data, settings.max_message_bytes),
     )
-    async def on_request(event: ApprovalRequested) -> None:
-        seq = current_message().stream_seq or 0
+    async def on_request(event: ApprovalRequested | ApprovalWithdrawn) -> None:
         with bound_context(run_id=event.run_id, approval_id=event.body.approval_id):
-            await service.on_requested(event, seq)
+            if isinstance(event, ApprovalWithdrawn):
+                await service.on_withdrawn(event)
+                return
+            await service.on_requested(event, current_message().stream_seq or 0)
 
     @runtime.pull_subscriber(
-        t.APPROVAL_TIMERS_FIRE,
-        stream=t.TIMERS_STREAM,
-        durable=t.APPROVAL_TIMERS_DURABLE,
+        t.APPROVAL_TIMERS_DURABLE,
         concurrency=32,
-        description="An approval's expiry is due: expire it (and escalate) unless it was decided",
         decode=lambda data: decode(ApprovalExpiryDue, data, settings.max_message_bytes),
     )
     async def on_expiry(timer: ApprovalExpiryDue) -> None:

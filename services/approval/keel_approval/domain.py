@@ -26,9 +26,13 @@ class Status(StrEnum):
     ESCALATED = "escalated"
     # A newer request for the same run and step replaced this one before anyone decided it.
     SUPERSEDED = "superseded"
+    # The run that asked ended (cancelled, failed, finished) before anyone decided: nothing to unlock.
+    WITHDRAWN = "withdrawn"
 
 
-TERMINAL = frozenset({Status.APPROVED, Status.DENIED, Status.EXPIRED, Status.ESCALATED, Status.SUPERSEDED})
+TERMINAL = frozenset(
+    {Status.APPROVED, Status.DENIED, Status.EXPIRED, Status.ESCALATED, Status.SUPERSEDED, Status.WITHDRAWN}
+)
 
 #: Longest reason a decision may carry (the decision event's limit), however it is submitted.
 MAX_REASON_CHARS = 4096
@@ -156,6 +160,8 @@ def check_open(state: ApprovalState, now: datetime) -> None:
             "superseded",
             f"approval {state.approval_id} was superseded by {state.superseded_by or 'a newer request'}",
         )
+    if state.status is Status.WITHDRAWN:
+        raise Conflict("withdrawn", f"approval {state.approval_id} was withdrawn: its run ended before it was decided")
     if state.status in (Status.EXPIRED, Status.ESCALATED):
         raise Conflict("expired", f"approval {state.approval_id} expired at {state.expires_at.isoformat()}")
     if state.status is not Status.PENDING:

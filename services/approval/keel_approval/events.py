@@ -20,6 +20,8 @@ from keel_contracts.approvals import (
     ApprovalGranted,
 )
 from keel_contracts.envelope import Message
+from keel_shared.decisions import sign_decision
+from keel_shared.signing import Signer
 
 DecisionEvent = ApprovalGranted | ApprovalDenied | ApprovalExpired
 
@@ -49,7 +51,8 @@ def _envelope(record: ApprovalRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def decision_event(record: ApprovalRecord, decision: Decision) -> ApprovalGranted | ApprovalDenied:
+def decision_event(record: ApprovalRecord, decision: Decision, signer: Signer) -> ApprovalGranted | ApprovalDenied:
+    """The decision event, signed by the approval service's key over the write it decides (decision 026)."""
     body = ApprovalDecisionBody(
         approval_id=record.approval_id,
         payload_hash=record.payload_hash,
@@ -61,9 +64,9 @@ def decision_event(record: ApprovalRecord, decision: Decision) -> ApprovalGrante
     )
     env = _envelope(record, decision.vote.at)
     if decision.kind == "granted":
-        return ApprovalGranted(**env, body=body)
+        return sign_decision(signer, ApprovalGranted(**env, body=body), record.approves_step)
     if decision.kind == "denied":
-        return ApprovalDenied(**env, body=body)
+        return sign_decision(signer, ApprovalDenied(**env, body=body), record.approves_step)
     raise ValueError(f"a {decision.kind} does not settle the request")
 
 

@@ -95,6 +95,8 @@ class ApprovalRecord:
             why = self.decision_reason or ""
             if self.status is Status.SUPERSEDED:
                 who, why = "router", f"superseded by {self.superseded_by}"
+            elif self.status is Status.WITHDRAWN:
+                who = "router"
             elif self.status is Status.ESCALATED:
                 why = f"expired undecided; escalated to {self.escalate_to}"
             elif self.status is Status.EXPIRED:

@@ -16,6 +16,7 @@ from keel_approval.store import ApprovalStore, Decided, RequestApplied
 from keel_contracts.approvals import (
     DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
     ApprovalRequested,
+    ApprovalWithdrawn,
     approval_payload_bytes,
     payload_hash,
 )
@@ -94,6 +95,16 @@ class ApprovalService:
         if decided.event is not None:
             await self._publish_one(approval_id, decided.event)
         return replace(applied, record=decided.record)
+
+    async def on_withdrawn(self, event: ApprovalWithdrawn) -> ApprovalRecord | None:
+        """The run that asked ended: its pending request can no longer be decided (409 `withdrawn`)."""
+        record = await asyncio.to_thread(self.store.apply_withdrawn, event)
+        if record is not None:
+            DECISIONS.labels(Status.WITHDRAWN.value).inc()
+            log.info(
+                "approval_withdrawn", approval_id=record.approval_id, run_id=event.run_id, because=event.body.because
+            )
+        return record
 
     # --- reads -------------------------------------------------------------------------------------
     async def inbox(self, approver: Approver) -> list[ApprovalRecord]:

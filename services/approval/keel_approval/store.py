@@ -20,9 +20,16 @@ from keel_approval.domain import ApprovalState, Decision, NotFound, Status, expi
 from keel_approval.events import DecisionEvent, decision_event, expired_event
 from keel_approval.models import ApprovalRow, VoteRow
 from keel_approval.records import ApprovalRecord, to_record
-from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.approvals import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalRequested,
+    ApprovalWithdrawn,
+)
 from keel_contracts.envelope import Message
 from keel_shared.logging import get_logger
+from keel_shared.signing import Signer
 
 log = get_logger(__name__)
 
@@ -52,9 +59,11 @@ class TooEarly(Exception):
 
 
 class ApprovalStore:
-    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+    def __init__(self, db: Database, clock: Callable[[], datetime], signer: Signer | None = None) -> None:
         self.db = db
         self._clock = clock
+        # Signs every decision made here; a store opened only to rebuild or read has none.
+        self._signer = signer
 
     # --- reads -------------------------------------------------------------------------------------
     def _record(self, session: Session, row: ApprovalRow) -> ApprovalRecord:
@@ -191,6 +200,24 @@ class ApprovalStore:
                 )
         return True
 
+    def apply_withdrawn(self, event: ApprovalWithdrawn) -> ApprovalRecord | None:
+        with self.db.sessions.begin() as session:
+            return self._apply_withdrawn(session, event)
+
+    def _apply_withdrawn(self, session: Session, event: ApprovalWithdrawn) -> ApprovalRecord | None:
+        """The run ended before anyone decided: a pending request is no longer decidable. A decision that
+        came first stands (the router folded it before the run's end)."""
+        row = session.get(ApprovalRow, event.body.approval_id, with_for_update=True)
+        if row is None or row.run_id != event.run_id or row.status != Status.PENDING.value:
+            return None
+        row.status = Status.WITHDRAWN.value
+        row.decided_at = event.occurred_at
+        row.decision_reason = event.body.reason
+        row.decided_by = []
+        row.decided_roles = []
+        session.flush()
+        return self._record(session, row)
+
     def replay(self, events: Iterable[tuple[int, Message]], *, wipe: bool) -> int:
         """Apply stream events in order, in one transaction. With `wipe` the projection is rebuilt from
         scratch; votes towards a still-pending quorum are not events, so they are carried over."""
@@ -216,6 +243,8 @@ class ApprovalStore:
                     applied += self._apply_requested(session, event, seq).inserted
                 elif isinstance(event, ApprovalGranted | ApprovalDenied | ApprovalExpired):
                     applied += self._apply_decision(session, event)
+                elif isinstance(event, ApprovalWithdrawn):
+                    applied += self._apply_withdrawn(session, event) is not None
             session.flush()
             for vote in kept:
                 row = session.get(ApprovalRow, vote.approval_id)
@@ -238,7 +267,9 @@ class ApprovalStore:
             )
             event = None
             if decision.final:
-                event = decision_event(record, decision)
+                if self._signer is None:
+                    raise RuntimeError("this approval store has no signing key: it cannot decide")
+                event = decision_event(record, decision, self._signer)
                 row.status = decision.status.value
                 row.decided_at = vote.at
                 row.decided_by = list(event.body.decided_by)

@@ -6,9 +6,10 @@
 One document per service (an AsyncAPI document describes one application). What a service receives
 comes from its subscribers, typed with the pydantic contract models. What it sends is not a FastStream
 publisher (services publish through the event store and `publish_with_retry`, with dedupe headers), so
-it is declared here, from the contracts, as documentation-only publishers. The router's outcome
-subscriber takes the raw message (it decodes any event version itself), so its payload is filled in
-from the contracts too. Building the apps needs no server: nothing here connects.
+it is declared here, from the topology table (`keel_contracts.topology`: each emitter's event types), as
+documentation-only publishers. A consumer of run events documents one channel per filter subject of its
+durable, and each such channel (one event type) is given that type's contract as its payload. Building
+the apps needs no server: nothing here connects.
 """
 
 import argparse
@@ -26,24 +27,17 @@ from pydantic import Field, TypeAdapter
 
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
-from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted
+from keel_contracts import topology
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message
-from keel_contracts.events import EVENT_TYPES, StepFailed, StepSucceeded
 from keel_contracts.timers import TimerFired
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "asyncapi"
 VERSION = "1"
 
-EXECUTOR_EVENTS: tuple[type[Message], ...] = (StepSucceeded, StepFailed)
-APPROVAL_EVENTS: tuple[type[Message], ...] = (ApprovalGranted, ApprovalDenied, ApprovalExpired)
-ROUTER_EVENTS: tuple[type[Message], ...] = tuple(
-    cls for cls in EVENT_TYPES.values() if cls not in EXECUTOR_EVENTS + APPROVAL_EVENTS
-)
-#: What the router's outcome durable delivers (see keel_shared.provisioning: executor and approval events).
-ROUTER_OUTCOMES: tuple[type[Message], ...] = EXECUTOR_EVENTS + APPROVAL_EVENTS
-ROUTER_OUTCOME_SUBJECT = s.emitter_filter(s.EXECUTOR)
+def _models(emitter: str) -> tuple[type[Message], ...]:
+    return tuple(route.model for route in topology.emitted_by(emitter))
 
 
 def one_of(models: Sequence[type[Message]]) -> Any:
@@ -86,7 +80,7 @@ def router_broker(workdir: Path) -> NatsBroker:
 
     settings = _settings(workdir)
     broker = build(settings, WorkflowCatalog(settings.workflows_dir)).spec_broker
-    _events_publisher(broker, s.ROUTER, ROUTER_EVENTS, "What the router decides about a run.")
+    _events_publisher(broker, s.ROUTER, _models(s.ROUTER), "What the router decides about a run.")
     broker.publisher(
         t.schedule_subject("{workflow}", "{run_id}", "{timer_id}"),
         schema=TimerFired,
@@ -102,7 +96,7 @@ def executor_broker(workdir: Path) -> NatsBroker:
     from keel_executor.tools.registry import ToolRegistry
 
     broker = build(_settings(workdir), ToolRegistry.from_entry_points()).spec_broker
-    _events_publisher(broker, s.EXECUTOR, EXECUTOR_EVENTS, "How one attempt of a tool step ended.")
+    _events_publisher(broker, s.EXECUTOR, _models(s.EXECUTOR), "How one attempt of a tool step ended.")
     _dead_letters_publisher(broker, s.EXECUTOR)
     return broker
 
@@ -112,7 +106,7 @@ def approval_broker(workdir: Path) -> NatsBroker:
     from keel_approval.timers import ApprovalExpiryDue
 
     broker = build(_settings(workdir)).spec_broker
-    _events_publisher(broker, s.APPROVAL, APPROVAL_EVENTS, "An approval's decision (or its expiry).")
+    _events_publisher(broker, s.APPROVAL, _models(s.APPROVAL), "An approval's decision (or its expiry).")
     broker.publisher(
         t.approval_schedule_subject("{workflow}", "{run_id}", "{key}"),
         schema=ApprovalExpiryDue,
@@ -130,24 +124,25 @@ SERVICES: dict[str, tuple[Callable[[Path], NatsBroker], str]] = {
 }
 
 
-def _type_outcome_channel(doc: dict[str, Any]) -> None:
-    """Give the router's raw outcome subscriber the payload its durable delivers, from the contracts."""
+def _type_event_channels(doc: dict[str, Any]) -> None:
+    """Give every channel of one event type (a filter subject of a run-event durable) that type's
+    contract as its payload: the subscriber's own annotation is what its durable delivers as a whole."""
     components = doc["components"]
-    adapter: TypeAdapter[Any] = TypeAdapter(one_of(ROUTER_OUTCOMES))
-    schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
-    for name, definition in schema.pop("$defs", {}).items():
-        components["schemas"].setdefault(name, definition)
-    schema["title"] = "RouterOutcome"
-    schema["description"] = "An executor outcome or an approval decision (router-events durable)."
-    components["schemas"]["RouterOutcome"] = schema
+    by_subject = {route.subject: route.model for route in topology.EVENTS}
     for channel in doc["channels"].values():
-        if channel["address"] != ROUTER_OUTCOME_SUBJECT:
+        model = by_subject.get(channel["address"])
+        if model is None:
             continue
+        adapter: TypeAdapter[Any] = TypeAdapter(model)
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in schema.pop("$defs", {}).items():
+            components["schemas"].setdefault(name, definition)
+        components["schemas"].setdefault(model.__name__, schema)
         for ref in channel["messages"].values():
             message = components["messages"][_unref(ref["$ref"])]
             stale = _unref(message["payload"].get("$ref", ""))
-            message["payload"] = {"$ref": "#/components/schemas/RouterOutcome"}
-            if stale and not _referenced(doc, stale):
+            message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
+            if stale and stale != model.__name__ and not _referenced(doc, stale):
                 components["schemas"].pop(stale, None)
 
 
@@ -182,8 +177,7 @@ def generate(service: str, workdir: Path) -> dict[str, Any]:
         schema_version="3.0.0",
     )
     doc: dict[str, Any] = spec.to_specification().to_jsonable()
-    if service == "router":
-        _type_outcome_channel(doc)
+    _type_event_channels(doc)
     return doc
 
 

@@ -18,12 +18,13 @@ from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
 from keel_executor.tools.registry import ToolRegistry
 from keel_shared.consuming import Delivery, Redeliver, current_message, redelivered
+from keel_shared.decisions import KeyringFile, keyring_path
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import bound_context
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
 
-#: What the executors' durable delivers (`s.EXECUTOR_WORK`).
+#: What the executors' durable delivers (`keel_contracts.topology`).
 Work = Annotated[StepScheduled | RunStarted, Field(discriminator="type")]
 _WORK: TypeAdapter[StepScheduled | RunStarted] = TypeAdapter(Work)
 
@@ -40,6 +41,8 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     runtime = ServiceRuntime(s.EXECUTOR, settings, graceful_timeout=max(30.0, settings.default_step_timeout))
     registry = tools or ToolRegistry.from_entry_points()
     executor: Executor | None = None
+    # The keys whose signed grants may unlock a write (decision 026); read again on an unknown key id.
+    keyring = KeyringFile(keyring_path(settings))
 
     async def claims() -> KvClaims:
         return KvClaims(await runtime.kv(s.CLAIMS_BUCKET))
@@ -54,6 +57,7 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
                 StreamOutcomes(store),
                 runtime.instance_id,
                 str(settings.data_dir),
+                keyring,
             )
         return executor
 
@@ -68,14 +72,8 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     runtime.dead_letter_history = history
 
     @runtime.pull_subscriber(
-        s.EXECUTOR_WORK,
-        stream=s.EVENTS_STREAM,
-        durable=s.EXECUTOR_DURABLE,
+        s.EXECUTOR_DURABLE,
         concurrency=settings.executor_concurrency,
-        description=(
-            "Run the attempt of a tool step the router scheduled (a step_scheduled event, or the first step a "
-            "run_started carries) and record its outcome on the run"
-        ),
         decode=lambda data: decode_with(_WORK, data, settings.max_message_bytes),
     )
     async def on_scheduled(event: Work) -> None:

@@ -38,7 +38,9 @@ from keel_executor.claims import Claims, ClaimState
 from keel_executor.errors import RefusedError, StepTimeoutError, ToolError, classify
 from keel_executor.tools.registry import Tool, ToolContext, ToolRegistry
 from keel_executor.verification import ReadBack, resolve_unknown, verify_before_resending
+from keel_shared.decisions import Verifier, grant_problem
 from keel_shared.logging import get_logger
+from keel_shared.metrics import UNVERIFIED_DECISIONS
 
 log = get_logger(__name__)
 
@@ -90,9 +92,11 @@ class Executor:
         outcomes: Outcomes,
         executor_id: str,
         data_dir: str,
+        keyring: Verifier,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._tools = tools
+        self._keyring = keyring
         self._claims = claims
         self._outcomes = outcomes
         self._id = executor_id
@@ -123,6 +127,31 @@ class Executor:
         outcome = await self._run_tool(cmd, taken_over=state is ClaimState.TAKEN_OVER)
         seq = await self._outcomes.record(outcome, scheduled_seq)
         return ExecutionResult(outcome, seq, state)
+
+    def _check_grants(self, cmd: ExecuteStep) -> None:
+        """Refuse a gated write unless the payload about to be sent is the one approved and every approval
+        it names comes with the approval service's signed grant of exactly this write (decision 026): a
+        scheduled step that claims an approval proves it, whoever stored it."""
+        body = cmd.body
+        actual = payload_hash(dict(body.input))
+        if body.approved_payload_hash is not None and actual != body.approved_payload_hash:
+            raise RefusedError(
+                f"payload hash {actual} differs from the approved {body.approved_payload_hash} "
+                f"(approval {body.approval_id}): a changed payload needs a new approval"
+            )
+        if body.approved_payload_hash is None or not body.approval_ids:
+            raise RefusedError("a gated write must name its approvals and the approved payload: nothing unlocks it")
+        proofs = {proof.approval_id: proof for proof in body.grants}
+        for approval_id in body.approval_ids:
+            proof = proofs.get(approval_id)
+            problem = (
+                "no signed grant came with it"
+                if proof is None
+                else grant_problem(self._keyring, proof, cmd.run_id, cmd.step_id, actual)
+            )
+            if problem is not None:
+                UNVERIFIED_DECISIONS.labels(s.EXECUTOR).inc()
+                raise RefusedError(f"approval {approval_id} does not unlock this write: {problem}")
 
     async def _call(
         self, cmd: ExecuteStep, tool: Tool, ctx: ToolContext, data: dict[str, JsonValue], name: str
@@ -156,13 +185,8 @@ class Executor:
             data_dir=self._data_dir,
         )
         try:
-            if body.approved_payload_hash is not None:
-                actual = payload_hash(dict(body.input))
-                if actual != body.approved_payload_hash:
-                    raise RefusedError(
-                        f"payload hash {actual} differs from the approved {body.approved_payload_hash} "
-                        f"(approval {body.approval_id}): a changed payload needs a new approval"
-                    )
+            if body.approved_payload_hash is not None or body.approval_ids:
+                self._check_grants(cmd)
             tool = self._tools.get(body.tool)
             data = dict(body.input)
             read_back = ReadBack.for_step(body.verify, tool, body.tool, data, self._tools)

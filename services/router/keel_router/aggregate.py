@@ -11,7 +11,15 @@ from datetime import datetime
 
 from pydantic import JsonValue
 
-from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, ApprovalRequested
+from keel_contracts.approvals import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalRequested,
+    ApprovalWithdrawn,
+    DecisionProof,
+    proof_of,
+)
 from keel_contracts.commands import VerifySpec, execute_message_id
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
@@ -62,6 +70,8 @@ class Attempt:
     # For a gated write: the approvals it consumed and the payload hash they bind (retries reuse them).
     approval_ids: tuple[str, ...] = ()
     approved_payload_hash: str | None = None
+    # The signed grants behind them, passed on to the executor, which verifies them before it writes.
+    grants: tuple[DecisionProof, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,13 +91,15 @@ class Approval:
     approves_step: str
     role: str
     payload_hash: str
-    status: str = "pending"  # pending | granted | denied | expired
+    status: str = "pending"  # pending | granted | denied | expired | withdrawn
     decided_by: tuple[str, ...] = ()
     decided_roles: tuple[str, ...] = ()
     decision_reason: str = ""
     decided_payload_hash: str | None = None
     # A grant unlocks one write: the attempt that used it names it, and it is never used again.
     consumed: bool = False
+    # The approval service's signed decision (verified before it was folded: keel_router.runs).
+    proof: DecisionProof | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,7 @@ def _scheduled(state: RunState, base: RunState, event: StepScheduled) -> RunStat
         verify=event.body.verify,
         approval_ids=tuple(event.body.approval_ids),
         approved_payload_hash=event.body.approved_payload_hash,
+        grants=tuple(event.body.grants),
     )
     used = set(event.body.approval_ids)
     return replace(
@@ -389,9 +402,12 @@ def apply(state: RunState | None, seq: int, event: Message) -> RunState | None:
                 decided_roles=tuple(event.body.roles),
                 decision_reason=event.body.reason,
                 decided_payload_hash=event.body.payload_hash,
+                proof=proof_of(event),
             )
         case ApprovalExpired():
             return _decide_approval(state, base, event.body.approval_id, "expired")
+        case ApprovalWithdrawn():
+            return _decide_approval(state, base, event.body.approval_id, "withdrawn")
         case HumanInputRequested():
             asked = event.body
             timer = f"human-{event.step_id}-{seq}" if asked.expires_at is not None else None

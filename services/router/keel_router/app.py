@@ -20,11 +20,13 @@ from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.views import ViewWriter
 from keel_router.workflow.policy import Policy, load_policy
 from keel_shared.consuming import current_message, redelivered
+from keel_shared.decisions import KeyringFile, keyring_path
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import get_logger
 from keel_shared.publishing import publish_with_retry
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
+from keel_shared.trust import check_decision
 
 log = get_logger(__name__)
 
@@ -39,6 +41,8 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
     router: Router | None = None
     in_flight = count_runs_in_flight(runtime)
+    # The keys whose signed decisions may unlock a write (decision 026); read again on an unknown key id.
+    keyring = KeyringFile(keyring_path(settings))
 
     async def publish(effect: Effect) -> None:
         headers = {"Nats-Msg-Id": effect.dedupe_key, **(effect.headers or {})}
@@ -73,7 +77,7 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
             )
             router = Router(
                 workflows,
-                RunRepository(store),
+                RunRepository(store, keyring),
                 engine,
                 publish,
                 views.write,
@@ -85,47 +89,38 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     max_bytes = settings.max_message_bytes
 
     @runtime.pull_subscriber(
-        s.TRIGGERS_ALL,
-        stream=s.COMMANDS_STREAM,
-        durable=s.ROUTER_TRIGGERS_DURABLE,
+        s.ROUTER_TRIGGERS_DURABLE,
         concurrency=settings.router_concurrency,
-        description="Start a run for an intent, or join the run the intent already has",
         decode=lambda data: decode(TriggerRun, data, max_bytes),
     )
     async def on_trigger(trigger: TriggerRun) -> None:
         await get_router().on_trigger(trigger, redelivered())
 
     @runtime.pull_subscriber(
-        s.emitter_filter(s.EXECUTOR),
-        stream=s.EVENTS_STREAM,
-        durable=s.ROUTER_EVENTS_DURABLE,
+        s.ROUTER_EVENTS_DURABLE,
         concurrency=settings.router_concurrency,
-        description="An attempt finished, or an approval was decided: decide what the run does next",
         decode=lambda data: decode_event(data, max_bytes),
     )
     async def on_outcome(event: RunEvent) -> None:
         msg = current_message()
+        subject = msg.raw_message.subject
+        # The guard checked the emitter; a decision must also carry a signature the keyring trusts.
+        check_decision(s.ROUTER, keyring, subject, event)
         follows = checked_follows(msg.raw_message.headers, event.workflow, event.run_id)
         delivered = Delivered(msg.stream_seq, event, follows)
         await get_router().on_run_changed(event.workflow, event.run_id, redelivered(), delivered=delivered)
 
     @runtime.pull_subscriber(
-        t.ROUTER_TIMERS_FIRE,
-        stream=t.TIMERS_STREAM,
-        durable=t.ROUTER_TIMERS_DURABLE,
+        t.ROUTER_TIMERS_DURABLE,
         concurrency=settings.router_concurrency,
-        description="A durable timer fired: a retry's backoff passed, a wait ended, a human step's deadline came",
         decode=lambda data: decode(TimerFired, data, max_bytes),
     )
     async def on_timer(timer: TimerFired) -> None:
         await get_router().on_timer(timer, redelivered())
 
     @runtime.pull_subscriber(
-        s.ROUTER_COMMANDS_ALL,
-        stream=s.COMMANDS_STREAM,
-        durable=s.ROUTER_COMMANDS_DURABLE,
+        s.ROUTER_COMMANDS_DURABLE,
         concurrency=settings.router_concurrency,
-        description="Human input for a parked run (`keel run input`), or its cancellation (`keel run cancel`)",
         decode=lambda data: decode_with(_COMMANDS, data, max_bytes),
     )
     async def on_command(command: RouterCommand) -> None:

@@ -7,7 +7,7 @@ atomic, sequence-checked transition) and then publishes the effects of the resul
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -53,6 +53,7 @@ from keel_router.gates import (
     describe_decision,
     render_payload,
     request_approval,
+    withdrawals,
 )
 from keel_router.parking import (
     ask_human,
@@ -122,6 +123,10 @@ class Engine:
     ) -> Message:
         """A `run_blocked` event for a limit the router found outside the engine's own checks."""
         return blocked(self._emit, state, hit, not_doing, step_id, causation_id)
+
+    def with_withdrawals(self, state: RunState | None, events: Sequence[Message]) -> list[Message]:
+        """`events`, and when they end the run, the withdrawal of every approval it still waits for."""
+        return [*events, *withdrawals(self._emit, state, events)]
 
     # --- envelopes ---------------------------------------------------------------------------------
     def _env(self, state: RunState, dedupe_key: str, causation_id: str | None, **extra: Any) -> dict[str, Any]:
@@ -646,12 +651,14 @@ class Engine:
         gate: GateOpen | None = None,
     ) -> Message:
         visit = 1 + sum(1 for a in state.attempts_of(step.id) if a.attempt == 1) - (1 if previous else 0)
-        approval_ids, approved_hash = (gate.approval_ids, gate.payload_hash) if gate else ((), None)
+        approval_ids, approved_hash, grants = (
+            (gate.approval_ids, gate.payload_hash, gate.grants) if gate else ((), None, ())
+        )
         if previous is not None:
             # A retry sends exactly what the failed attempt sent, under the same idempotency key, so the
             # system of record can recognise it; it is the same approved write.
             payload, key = previous.input, previous.idempotency_key
-            approval_ids, approved_hash = previous.approval_ids, previous.approved_payload_hash
+            approval_ids, approved_hash, grants = previous.approval_ids, previous.approved_payload_hash, previous.grants
         else:
             ctx = self._context(state)
             try:
@@ -688,6 +695,7 @@ class Engine:
                 verify=verify,
                 approval_ids=list(approval_ids),
                 approved_payload_hash=approved_hash,
+                grants=list(grants),
             ),
         )
 

@@ -7,13 +7,22 @@ step that gates it in the workflow. A payload that changed since it was approved
 approval step, makes the router ask again instead of running the write.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from pydantic import JsonValue
 
-from keel_contracts.approvals import ApprovalRequested, ApprovalRequestedBody, ApprovalTarget, payload_hash
+from keel_contracts.approvals import (
+    ApprovalRequested,
+    ApprovalRequestedBody,
+    ApprovalTarget,
+    ApprovalWithdrawn,
+    ApprovalWithdrawnBody,
+    DecisionProof,
+    payload_hash,
+)
 from keel_contracts.envelope import Message
 from keel_router.aggregate import Approval, RunState
 from keel_router.emit import Emitter, shown_context
@@ -37,6 +46,7 @@ class GateOpen:
 
     approval_ids: tuple[str, ...]
     payload_hash: str
+    grants: tuple[DecisionProof, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ def check_gate(
         for role in requirement.roles:
             if role not in roles:
                 return GateClosed(role, requirement.reason)
-    return GateOpen(tuple(a.approval_id for a in usable), digest)
+    return GateOpen(tuple(a.approval_id for a in usable), digest, tuple(a.proof for a in usable if a.proof is not None))
 
 
 def _binds(approval: Approval, digest: str) -> bool:
@@ -162,3 +172,27 @@ def approval_step_target(step: ApprovalStep, approval: Approval, workflow: Workf
     if approval.status == "denied":
         return step.on_reject, step.on_reject is not None
     return step.escalate_to, True
+
+
+#: Events that end a run: whatever approval it still waits for can no longer be used.
+_ENDINGS = ("run_completed", "run_failed", "run_cancelled")
+
+
+def withdrawals(em: Emitter, state: RunState | None, events: Sequence[Message]) -> list[Message]:
+    """An `approval_withdrawn` for every request still pending when `events` end the run, so the approval
+    service stops offering it: nobody can approve a write that will never happen (decision 026)."""
+    ending = next((e for e in events if e.type in _ENDINGS), None)
+    if state is None or ending is None:
+        return []
+    return [
+        ApprovalWithdrawn(
+            **em.env(state, f"{state.run_id}:approval:{a.approval_id}:withdrawn", ending.id, step_id=a.step_id),
+            body=ApprovalWithdrawnBody(
+                approval_id=a.approval_id,
+                because=ending.type,
+                reason=f"the run ended ({ending.type}) before the approval was decided"[:1024],
+            ),
+        )
+        for a in state.approvals
+        if a.status == "pending"
+    ]

@@ -203,6 +203,13 @@ class Router:
         probably_new: bool = False,
         trust_cache: bool = False,
     ) -> Transaction:
+        chosen = decide
+
+        def decide_and_withdraw(state: RunState | None) -> Sequence[Message]:
+            # Every transition that ends a run also withdraws the approvals it still waits for.
+            return self._engine.with_withdrawals(state, chosen(state))
+
+        decide = decide_and_withdraw
         try:
             return await self._runs.transact(workflow, run_id, decide, delivered, probably_new, trust_cache)
         except NatsError as exc:

@@ -8,6 +8,10 @@ run and the cached sequence (an executor appends an outcome expecting its `step_
 run's last event, decision 023). Such an event is folded in as delivered, so a run stepping on its own
 costs no read however many other runs interleave. Appends carry the run's last sequence: if anyone
 wrote in between, the append is refused, the run re-read and the decision made again.
+
+Only what its rightful emitter stored is folded (decision 026): an event under another emitter's subject,
+or an approval decision whose signature does not verify against the approval keyring, is skipped like an
+unreadable one (counted and logged) and can never move the run.
 """
 
 import asyncio
@@ -17,11 +21,14 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode_event
+from keel_contracts.codec import ContractViolation
 from keel_contracts.envelope import Message
+from keel_contracts.events import RunEvent
 from keel_router.aggregate import RunState, apply
+from keel_shared.decisions import Verifier
 from keel_shared.eventstore import BatchAlreadyStored, ConcurrencyConflict, EventStore
 from keel_shared.logging import get_logger
+from keel_shared.trust import check_decision, read_event
 
 log = get_logger(__name__)
 
@@ -68,8 +75,9 @@ class Transaction:
 
 
 class RunRepository:
-    def __init__(self, store: EventStore, cache_size: int = 10_000) -> None:
+    def __init__(self, store: EventStore, keyring: Verifier, cache_size: int = 10_000) -> None:
         self._store = store
+        self._keyring = keyring
         self._cache: OrderedDict[str, RunState] = OrderedDict()
         self._cache_size = cache_size
         self._locks: dict[str, asyncio.Lock] = {}
@@ -86,9 +94,6 @@ class RunRepository:
                 self._locks = {k: v for k, v in self._locks.items() if v.locked()}
             lock = self._locks[run_id] = asyncio.Lock()
         return lock
-
-    def forget(self, run_id: str) -> None:
-        self._cache.pop(run_id, None)
 
     async def load(self, workflow: str, run_id: str, delivered: Delivered | None = None) -> RunState | None:
         cached = self._cache.get(run_id)
@@ -108,7 +113,7 @@ class RunRepository:
         for stored in await self._store.read(s.run_filter(workflow, run_id), after_seq=after):
             last = stored.seq
             try:
-                event = decode_event(stored.data)
+                event = self.believed(stored.subject, stored.data)
             except ContractViolation as exc:
                 # Stored events are immutable: one this version cannot read is skipped, not fatal. Its
                 # sequence still counts: the run's next append is checked against the last one stored.
@@ -125,6 +130,13 @@ class RunRepository:
                 self._unstarted.clear()
             self._unstarted[run_id] = last
         return state
+
+    def believed(self, subject: str, data: bytes) -> RunEvent:
+        """A stored event of a run, if it may move the run: from its rightful emitter and, for a decision,
+        signed by a key the approval keyring trusts (`ContractViolation` otherwise)."""
+        event = read_event(s.ROUTER, subject, data)
+        check_decision(s.ROUTER, self._keyring, subject, event)
+        return event
 
     def _remember(self, state: RunState) -> None:
         self._cache[state.run_id] = state

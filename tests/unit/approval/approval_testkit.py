@@ -10,8 +10,12 @@ from pydantic import JsonValue
 from keel_approval.records import ApprovalRecord
 from keel_contracts.approvals import ApprovalRequested, ApprovalRequestedBody, ApprovalTarget, payload_hash
 from keel_contracts.envelope import Message
+from keel_shared.signing import Signer
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+#: The approval service's decision key in these tests (its public key is the one a keyring would trust).
+DECISION_SIGNER = Signer.generate()
 
 REFUND: dict[str, JsonValue] = {"charge_id": "ch_1", "amount": 4200, "currency": "EUR", "note": "<b>bad</b>"}
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from approval_testkit import Clock, Outbox
+from approval_testkit import DECISION_SIGNER, Clock, Outbox
 
 from keel_approval.approvers import ApproverDirectory
 from keel_approval.db import Database
@@ -32,7 +32,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def store(db: Database, clock: Clock) -> ApprovalStore:
-    return ApprovalStore(db, clock)
+    return ApprovalStore(db, clock, DECISION_SIGNER)
 
 
 @pytest.fixture

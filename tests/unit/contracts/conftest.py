@@ -17,6 +17,8 @@ from keel_contracts.approvals import (
     ApprovalRequested,
     ApprovalRequestedBody,
     ApprovalTarget,
+    ApprovalWithdrawn,
+    ApprovalWithdrawnBody,
     payload_hash,
 )
 from keel_contracts.envelope import Message
@@ -108,6 +110,10 @@ def _samples() -> dict[str, Message]:
         "approval_expired": ApprovalExpired(
             **_env(step_id="approve"),
             body=ApprovalExpiredBody(approval_id="ap-1", expired_at=T0, escalate_to="escalate"),
+        ),
+        "approval_withdrawn": ApprovalWithdrawn(
+            **_env(step_id="approve"),
+            body=ApprovalWithdrawnBody(approval_id="ap-1", because="run_cancelled", reason="the run ended"),
         ),
         "run_started": RunStarted(
             **_env(),

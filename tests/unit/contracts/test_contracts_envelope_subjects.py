@@ -91,7 +91,7 @@ def test_subject_helpers_build_the_documented_names():
     assert s.workflow_filter("orders") == "keel.run.orders.>"
     assert s.emitter_filter("router") == "keel.run.*.*.router.*"
     assert s.trigger_subject("webhook") == "keel.trigger.webhook"
-    assert s.event_type_filter("router", "step_scheduled") == s.STEP_SCHEDULED_ALL
+    assert s.event_type_filter("router", "step_scheduled") == "keel.run.*.*.router.step_scheduled"
     assert s.dlq_subject("router", "invalid") == "keel.dlq.router.invalid"
     assert timers.schedule_subject("orders", "r-1", "retry-a-2") == "keel.timer.sched.orders.r-1.retry-a-2"
     assert timers.fire_subject("orders", "r-1", "retry-a-2") == "keel.timer.fire.orders.r-1.retry-a-2"

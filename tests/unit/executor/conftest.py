@@ -13,6 +13,7 @@ from pydantic import JsonValue
 from keel_contracts.commands import ExecuteStep, ExecuteStepBody
 from keel_executor.execution import Executor
 from keel_executor.tools.registry import ToolRegistry
+from tests.conftest import TEST_DECISION_SIGNER, trusting
 
 
 @pytest.fixture
@@ -38,7 +39,9 @@ def registry(calls: ToolCalls) -> ToolRegistry:
 @pytest.fixture
 def make_executor(claims: MemoryClaims, outcomes: MemoryOutcomes, tmp_path: Path) -> Callable[..., Executor]:
     def make(tools: ToolRegistry, executor_id: str = "ex-1") -> Executor:
-        return Executor(tools, claims, outcomes, executor_id, str(tmp_path), clock=lambda: T0)
+        return Executor(
+            tools, claims, outcomes, executor_id, str(tmp_path), trusting(TEST_DECISION_SIGNER), clock=lambda: T0
+        )
 
     return make
 

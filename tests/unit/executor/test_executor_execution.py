@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from executor_testkit import T0, MemoryClaims, MemoryOutcomes, ToolCalls
 
-from keel_contracts.approvals import payload_hash
+from keel_contracts.approvals import DecisionProof, payload_hash
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.errors import ErrorClass
 from keel_contracts.events import StepFailed, StepSucceeded, StepSucceededBody
@@ -16,6 +17,8 @@ from keel_executor import errors
 from keel_executor.claims import ClaimState
 from keel_executor.execution import Executor, outcome_key
 from keel_executor.tools.registry import ToolRegistry
+from keel_shared.signing import Signer
+from tests.conftest import signed_grant
 
 MakeCommand = Callable[..., ExecuteStep]
 
@@ -248,23 +251,92 @@ async def test_a_taken_over_claim_without_an_outcome_runs_the_tool_again_with_th
     assert len(outcomes.events) == 1
 
 
-async def test_a_payload_matching_its_approval_runs(executor: Executor, make_command: MakeCommand, calls: ToolCalls):
-    payload = {"account": "acc-1", "amount": 1250}
-    cmd = make_command(input=payload, approval_id="ap-1", approved_payload_hash=payload_hash(payload))
+def gated(make_command: MakeCommand, payload: dict[str, Any], *grants: DecisionProof, **overrides: Any) -> ExecuteStep:
+    """A write gated by approval ap-1 of this payload, carrying these signed grants."""
+    fields: dict[str, Any] = {
+        "input": payload,
+        "side_effect": "write",
+        "approval_id": "ap-1",
+        "approval_ids": ["ap-1"],
+        "approved_payload_hash": payload_hash(payload),
+        "grants": list(grants),
+    }
+    return make_command(**{**fields, **overrides})
 
-    result = await executor.execute(cmd)
+
+PAYLOAD = {"account": "acc-1", "amount": 1250}
+
+
+def grant(**overrides: Any) -> DecisionProof:
+    """ap-1 granted for step charge of run r-1 (what `make_command` builds), signed by the trusted key."""
+    fields: dict[str, Any] = {"run_id": "r-1", "step_id": "charge", "payload": PAYLOAD, "workflow": "orders"}
+    return signed_grant(**{**fields, **overrides})
+
+
+async def test_a_payload_matching_its_signed_approval_runs(
+    executor: Executor, make_command: MakeCommand, calls: ToolCalls
+):
+    result = await executor.execute(gated(make_command, PAYLOAD, grant()))
 
     assert isinstance(result.outcome, StepSucceeded)
     assert len(calls.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("why", "grants", "refusal"),
+    [
+        ("no signed grant comes with the approval it names", (), "no signed grant"),
+        ("the grant is signed by a key the keyring does not hold", (grant(signer=Signer.generate()),), "does not hold"),
+        ("the grant is for another step", (grant(step_id="other"),), "is for step other"),
+        ("the grant is for another run", (grant(run_id="r-2"),), "of run r-2"),
+        ("the grant approved another payload", (grant(payload={"amount": 1}),), "approved payload"),
+        ("the decision was a denial", (grant(denied=True),), "was not granted"),
+    ],
+)
+async def test_a_gated_write_without_a_verified_grant_of_exactly_it_is_refused_before_the_tool_runs(
+    executor: Executor,
+    make_command: MakeCommand,
+    calls: ToolCalls,
+    why: str,
+    grants: tuple[DecisionProof, ...],
+    refusal: str,
+):
+    result = await executor.execute(gated(make_command, PAYLOAD, *grants))
+
+    outcome = result.outcome
+    assert isinstance(outcome, StepFailed), why
+    assert outcome.body.error_class is ErrorClass.REFUSED
+    assert refusal in outcome.body.message, outcome.body.message
+    assert calls.calls == []
+
+
+async def test_a_grant_whose_signature_was_tampered_with_unlocks_nothing(
+    executor: Executor, make_command: MakeCommand, calls: ToolCalls
+):
+    forged = grant().model_copy(update={"decided_by": ["mallory"]})  # the signature covers who decided
+
+    result = await executor.execute(gated(make_command, PAYLOAD, forged))
+
+    assert isinstance(result.outcome, StepFailed)
+    assert "does not verify" in result.outcome.body.message
+    assert calls.calls == []
+
+
+async def test_an_approved_payload_hash_without_named_approvals_is_refused(
+    executor: Executor, make_command: MakeCommand, calls: ToolCalls
+):
+    result = await executor.execute(gated(make_command, PAYLOAD, approval_ids=[], approval_id=None))
+
+    assert isinstance(result.outcome, StepFailed)
+    assert "nothing unlocks it" in result.outcome.body.message
+    assert calls.calls == []
 
 
 async def test_a_payload_that_differs_from_its_approval_is_refused_before_the_tool_runs(
     executor: Executor, make_command: MakeCommand, calls: ToolCalls
 ):
     approved = {"account": "acc-1", "amount": 1250}
-    cmd = make_command(
-        input={"account": "acc-1", "amount": 99999}, approval_id="ap-1", approved_payload_hash=payload_hash(approved)
-    )
+    cmd = gated(make_command, approved, grant(payload=approved), input={"account": "acc-1", "amount": 99999})
 
     result = await executor.execute(cmd)
 

@@ -20,6 +20,7 @@ from keel_executor.errors import ToolError, TransientError, UnknownToolError, cl
 from keel_executor.execution import Executor
 from keel_executor.tools import demo
 from keel_executor.tools.registry import ToolContext, ToolRegistry
+from keel_shared.decisions import DecisionKeyring
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 
@@ -190,7 +191,9 @@ async def test_demo_ledger_refuses_bad_input_before_recording_anything(ledger_di
 async def test_executor_retry_of_a_ledger_write_under_the_same_key_posts_once(
     ledger_dir: Path, make_command: Callable[..., ExecuteStep], claims: MemoryClaims, outcomes: MemoryOutcomes
 ):
-    executor = Executor(ToolRegistry({"demo.ledger": demo.ledger}), claims, outcomes, "ex-1", str(ledger_dir))
+    executor = Executor(
+        ToolRegistry({"demo.ledger": demo.ledger}), claims, outcomes, "ex-1", str(ledger_dir), DecisionKeyring()
+    )
 
     first = await executor.execute(make_command(tool="demo.ledger", input={"amount": 3}, attempt=1))
     second = await executor.execute(make_command(tool="demo.ledger", input={"amount": 3}, attempt=2))
@@ -217,7 +220,9 @@ async def test_demo_flaky_fails_transiently_the_planned_number_of_times_then_pos
 async def test_executor_reports_a_demo_fail_with_the_requested_class(
     make_command: Callable[..., ExecuteStep], claims: MemoryClaims, outcomes: MemoryOutcomes, tmp_path: Path
 ):
-    executor = Executor(ToolRegistry({"demo.fail": demo.fail}), claims, outcomes, "ex-1", str(tmp_path))
+    executor = Executor(
+        ToolRegistry({"demo.fail": demo.fail}), claims, outcomes, "ex-1", str(tmp_path), DecisionKeyring()
+    )
 
     result = await executor.execute(make_command(tool="demo.fail", input={"error_class": "business_rule"}))
 

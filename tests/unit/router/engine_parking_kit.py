@@ -17,6 +17,8 @@ from keel_contracts.approvals import (
 from keel_contracts.commands import CancelRun, CancelRunBody, HumanInput, HumanInputBody
 from keel_contracts.envelope import Message
 from keel_router.aggregate import RunState
+from keel_shared.decisions import sign_decision
+from tests.conftest import TEST_DECISION_SIGNER
 
 
 def _env(state: RunState, request: ApprovalRequested, suffix: str) -> dict[str, object]:
@@ -59,7 +61,8 @@ def decision(
         decided_at=T0,
     )
     cls = ApprovalGranted if kind == "granted" else ApprovalDenied
-    return cls(**_env(state, request, kind), body=body)
+    # Signed as the approval service signs (the repository verifies it before the engine sees it).
+    return sign_decision(TEST_DECISION_SIGNER, cls(**_env(state, request, kind), body=body), request.body.approves_step)
 
 
 def human_input(

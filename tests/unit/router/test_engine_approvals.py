@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from engine_parking_kit import decision
+from engine_parking_kit import cancel, decision
 from router_testkit import RunLog, succeeded, workflow
 
-from keel_contracts.approvals import ApprovalRequested, payload_hash
+from keel_contracts.approvals import ApprovalRequested, ApprovalWithdrawn, payload_hash
 from keel_contracts.attempts import execute_step_for
-from keel_contracts.events import RouteDecided, RunCompleted, RunFailed, StepScheduled
+from keel_contracts.events import RouteDecided, RunCancelled, RunCompleted, RunFailed, StepScheduled
 from keel_contracts.runs import RunStatus
 from keel_router.engine import Engine
 from keel_router.workflow import Policy, Workflow
 from keel_shared.triggers import build_trigger
+from tests.conftest import TEST_DECISION_SIGNER, trusting
 
 REFUND = workflow(
     """
@@ -117,6 +118,14 @@ def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_attempt(eng
     attempt = execute_step_for(scheduled)  # what the executor runs
     assert attempt.body.approval_id == request.body.approval_id
     assert attempt.body.approved_payload_hash == request.body.payload_hash == payload_hash(attempt.body.input)
+    # The signed grant travels with the write, so the executor can verify it right before sending it.
+    (proof,) = attempt.body.grants
+    assert (proof.approval_id, proof.approves_step, proof.payload_hash) == (
+        request.body.approval_id,
+        "refund",
+        payload_hash(attempt.body.input),
+    )
+    assert trusting(TEST_DECISION_SIGNER).problem(proof) is None
     run_log.append([succeeded(run_log.run, {"refund_id": "re_1"})])
     (done,) = run_log.append(engine.advance(run_log.run, REFUND, None))
     assert isinstance(done, RunCompleted) and done.body.output == {"refund": {"refund_id": "re_1"}}
@@ -240,3 +249,29 @@ def test_a_grant_is_used_once_a_loop_back_to_the_write_needs_a_new_approval(engi
 
     assert route.body.kind == "choice"
     assert isinstance(asked, ApprovalRequested) and asked.body.approval_id != request.body.approval_id
+
+
+def test_cancelling_a_run_that_waits_for_an_approval_withdraws_the_request(engine, run_log, make_trigger):
+    request = to_approval(engine, run_log, make_trigger)
+
+    events = engine.with_withdrawals(run_log.run, engine.on_cancel(run_log.run, cancel(run_log.run)))
+    run_log.append(events)
+
+    cancelled, withdrawn = events
+    assert isinstance(cancelled, RunCancelled)
+    assert isinstance(withdrawn, ApprovalWithdrawn)
+    assert withdrawn.body.approval_id == request.body.approval_id
+    assert withdrawn.body.because == "run_cancelled" and withdrawn.causation_id == cancelled.id
+    assert run_log.run.approval(request.body.approval_id).status == "withdrawn"
+    # A grant that still arrives (decided before the withdrawal reached the inbox) unlocks nothing.
+    run_log.append([decision(run_log.run, request, "granted")])
+    assert run_log.run.status is RunStatus.CANCELLED
+    assert engine.advance(run_log.run, REFUND, None) == []
+
+
+def test_a_run_that_ends_with_nothing_pending_withdraws_nothing(engine, run_log, make_trigger):
+    request = to_approval(engine, run_log, make_trigger)
+    run_log.append([decision(run_log.run, request, "denied", reason="no")])
+    events = engine.with_withdrawals(run_log.run, engine.advance(run_log.run, REFUND, None))
+
+    assert [type(e) for e in events] == [RouteDecided, RunFailed]

@@ -11,6 +11,7 @@ import pytest
 from nats.js.errors import BadRequestError
 from router_testkit import succeeded
 
+from keel_contracts import topology
 from keel_contracts.codec import ContractViolation, decode_event, encode
 from keel_contracts.envelope import Message
 from keel_contracts.events import RunStarted, StepScheduled
@@ -21,6 +22,7 @@ from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
 from keel_router.workflow.loader import load_workflow_text
+from keel_shared.decisions import DecisionKeyring
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
 from keel_shared.triggers import build_trigger
 
@@ -151,8 +153,7 @@ class MemoryStore:
             raise BadRequestError(code=400, err_code=10054, description="message size exceeds maximum allowed")
         for message in messages:
             self.seq += 1
-            subject = f"keel.run.{message.workflow}.{message.run_id}.router.{message.type}"
-            run.append(StoredEvent(self.seq, subject, encode(message)))
+            run.append(StoredEvent(self.seq, topology.subject_of(message), encode(message)))
         return self.seq
 
     def types(self, run_id: str) -> list[str]:
@@ -168,7 +169,7 @@ def router_with(runs: RunsInFlight | None, store: MemoryStore, catalog: dict | N
 
     return Router(
         WorkflowCatalog.of(catalog or {"park": PARK}),
-        RunRepository(store),  # type: ignore[arg-type]
+        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
         Engine(lambda: datetime(2026, 1, 1, tzinfo=UTC)),
         publish,
         put_view,

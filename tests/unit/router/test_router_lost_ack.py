@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from router_testkit import failed
 
+from keel_contracts import topology
 from keel_contracts.codec import encode
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
@@ -18,6 +19,7 @@ from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
 from keel_router.workflow.loader import load_workflow_text
+from keel_shared.decisions import DecisionKeyring
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
 from keel_shared.triggers import build_trigger
 
@@ -51,7 +53,7 @@ class LossyStore:
         if expected_last_seq != last:
             raise ConcurrencyConflict(f"wrong last sequence: {last}")
         for message in messages:
-            self.events.append(StoredEvent(len(self.events) + 1, f"keel.run.x.{message.type}", encode(message)))
+            self.events.append(StoredEvent(len(self.events) + 1, topology.subject_of(message), encode(message)))
         if self.lose_next_ack:
             # Stored, but the publisher never heard: its retry with the same id meets the sequence check.
             self.lose_next_ack = False
@@ -72,7 +74,7 @@ async def test_effects_are_published_when_our_own_append_was_stored_but_its_ack_
 
     router = Router(
         WorkflowCatalog.of({"lossy": WORKFLOW}),
-        RunRepository(store),  # type: ignore[arg-type]
+        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
         Engine(lambda: datetime(2026, 1, 1, tzinfo=UTC)),
         publish,
         put_view,
@@ -80,7 +82,8 @@ async def test_effects_are_published_when_our_own_append_was_stored_but_its_ack_
     state = await router.on_trigger(build_trigger("lossy", {}, "k-1"), redelivered=False)
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"
     assert published == []  # the stored step_scheduled is the executor's work
-    store.events.append(StoredEvent(3, "keel.run.x.step_failed", encode(failed(state, ErrorClass.TRANSIENT))))
+    outcome = failed(state, ErrorClass.TRANSIENT)
+    store.events.append(StoredEvent(3, topology.subject_of(outcome), encode(outcome)))
 
     store.lose_next_ack = True
     state = await router.on_run_changed("lossy", state.run_id, redelivered=False)

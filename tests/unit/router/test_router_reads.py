@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from keel_contracts import topology
 from keel_contracts.attempts import execute_step_for
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.envelope import Message
@@ -16,6 +17,7 @@ from keel_router.router import Router
 from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.workflow.loader import load_workflow_text
 from keel_router.workflow.models import Workflow
+from keel_shared.decisions import DecisionKeyring
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
 from keel_shared.triggers import build_trigger
 
@@ -58,7 +60,7 @@ class CountingStore:
 
     def store(self, message: Message) -> int:
         seq = len(self.events) + 1
-        self.events.append((message.run_id, StoredEvent(seq, f"keel.run.two.{message.run_id}.x", encode(message))))
+        self.events.append((message.run_id, StoredEvent(seq, topology.subject_of(message), encode(message))))
         return seq
 
     async def append(self, messages: Sequence[Message], expected_last_seq: int) -> int:
@@ -99,7 +101,7 @@ def make_router(store: CountingStore, workflow: Workflow = WORKFLOW) -> tuple[Ro
 
     router = Router(
         WorkflowCatalog.of({workflow.name: workflow}),
-        RunRepository(store),  # type: ignore[arg-type]
+        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
         Engine(lambda: T0),
         publish,
         put_view,
