@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode, decode_event, encode
+from keel_contracts.codec import ContractViolation, WrongEmitter, decode, decode_event, encode
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message
 from keel_shared.publishing import publish_message, refused_as_too_large
@@ -91,7 +91,9 @@ async def submit_and_await(
                 msg = pending.result()
                 pending = None
                 try:
-                    event: Message | None = decode_event(msg.data)
+                    event: Message | None = decode_event(msg.data, subject=msg.subject)
+                except WrongEmitter:
+                    continue  # not from the router: whoever stored it, it answers nothing
                 except ContractViolation:
                     event = None
                 found = answer(s.parse_event_subject(msg.subject)[3], event)

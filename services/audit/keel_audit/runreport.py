@@ -8,7 +8,9 @@ documented in docs/audit.md; fields are only ever added.
 
 A record that does not decode as a known event (written by a newer Keel, redacted beyond the
 contract, or not JSON) still appears in the timeline, marked ``decoded: false``, and is not
-interpreted.
+interpreted. A record stored where its type's rightful emitter never stores it (the topology table,
+decision 026) is listed under ``rejected`` with the reason and is never part of the story: the services
+never folded it either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from keel_audit.records import EVENT, GAP, subject_tokens
 from keel_audit.verify import Verdict
 from keel_contracts.envelope import Message
 from keel_contracts.events import EVENT_TYPES, unpacked
+from keel_contracts.topology import emitter_problem
 
 REPORT_VERSION = 1
 FINAL_STATUS = {
@@ -34,7 +37,12 @@ FINAL_STATUS = {
     "run_blocked": "blocked",
 }
 DECISION_TYPES = ("step_scheduled", "route_decided", "retry_scheduled", "run_blocked")
-APPROVAL_DECISIONS = {"approval_granted": "granted", "approval_denied": "denied", "approval_expired": "expired"}
+APPROVAL_DECISIONS = {
+    "approval_granted": "granted",
+    "approval_denied": "denied",
+    "approval_expired": "expired",
+    "approval_withdrawn": "withdrawn",
+}
 #: Output fields that name the record a write created or changed, most specific first; after them any
 #: other ``*_id`` field, in name order.
 RECORD_ID_FIELDS = ("record_id", "id")
@@ -48,6 +56,8 @@ class _Event:
     type: str
     emitter: str | None
     message: Message | None
+    # Why the record is not believed (not from its type's rightful emitter), or None.
+    rejected: str | None = None
 
 
 @dataclass(slots=True)
@@ -106,7 +116,9 @@ def collect(run_id: str, rows: Iterable[RunRecord], log_verdict: Verdict = Verdi
             tokens = subject_tokens(subject) if isinstance(subject, str) else None
             emitter = tokens[4] if tokens else None
             event_type = row.event_type
-            report.events.append(_Event(row, row.seq, row.time, event_type, emitter, _decode(row.record, event_type)))
+            message = _decode(row.record, event_type)
+            rejected = emitter_problem(subject, message.type if message else None) if isinstance(subject, str) else None
+            report.events.append(_Event(row, row.seq, row.time, event_type, emitter, message, rejected))
         else:
             report.others.append(row)  # erasures of this run's payloads
     return report
@@ -140,7 +152,12 @@ def build_json(report: RunReport) -> dict[str, Any]:
 
     # A run_started that carries its first step is the start and then that step's scheduling, both at
     # the stored event's sequence.
-    facts = ((event, msg) for event in report.events if event.message is not None for msg in unpacked(event.message))
+    facts = (
+        (event, msg)
+        for event in report.events
+        if event.message is not None and event.rejected is None
+        for msg in unpacked(event.message)
+    )
     for event, msg in facts:
         workflow = workflow or msg.workflow
         last_type = msg.type
@@ -227,6 +244,8 @@ def build_json(report: RunReport) -> dict[str, Any]:
             entry.update({"decision": APPROVAL_DECISIONS[msg.type], "decided": _base(event)})
             if msg.type == "approval_expired":
                 entry["decided_at"] = body.expired_at.isoformat()
+            elif msg.type == "approval_withdrawn":
+                entry.update({"decided_at": msg.occurred_at.isoformat(), "reason": body.reason})
             else:
                 entry.update(
                     {
@@ -278,6 +297,11 @@ def build_json(report: RunReport) -> dict[str, Any]:
         "approvals": list(approvals.values()),
         "writes": _writes(attempts.values(), approvals),
         "final": final,
+        "rejected": [
+            {"seq": e.seq, "time": e.time, "type": e.type, "emitter": e.emitter, "why": e.rejected}
+            for e in report.events
+            if e.rejected is not None
+        ],
         "timeline": [
             {
                 "seq": e.seq,
@@ -290,6 +314,7 @@ def build_json(report: RunReport) -> dict[str, Any]:
                 "leaf_index": e.row.leaf_index,
                 "verified": e.row.verified,
                 "decoded": e.message is not None,
+                "rejected": e.rejected,
                 "payload": e.row.payload,
             }
             for e in report.events
@@ -394,6 +419,10 @@ def render_text(doc: dict[str, Any]) -> list[str]:
             f"  {mark(w['verified'])} {w['step_id']}#{w['attempt']} {w['system']}.{w['operation']} "
             f"record={w['record_id'] or '-'}  idempotency_key={w['idempotency_key']}"
         )
+    if doc.get("rejected"):
+        lines.append("Rejected (stored, never believed: not from the rightful emitter of their type):")
+        for r in doc["rejected"]:
+            lines.append(f"  seq {r['seq']:<6} {r['emitter'] or '?':<9} {r['type']:<18} {r['why']}")
     lines.append("Timeline:")
     for t in doc["timeline"]:
         step = f"{t['step_id']}#{t['attempt']}" if t["step_id"] else ""

@@ -33,10 +33,12 @@ from keel_audit.store import AuditDirectory, DirectorySegmentStore, SegmentStore
 from keel_audit.verify import Severity, verify_log
 from keel_audit.writer import AppendStatus, SealedSegment, SegmentWriter
 from keel_contracts import subjects as s
+from keel_contracts.topology import emitter_problem
 from keel_shared.connection import inbox_prefix
 from keel_shared.logging import get_logger
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
+from keel_shared.trust import count_wrong_emitter
 
 log = get_logger(__name__)
 
@@ -199,6 +201,11 @@ class AuditService:
                 log.error("audit_gap", from_seq=self._next, to_seq=seq - 1)
                 metrics.GAPS.inc()
             self._confirming = None
+            # Recorded whatever it is (the log is the whole stream), but counted when its subject names
+            # another emitter than its type's rightful one: `keel audit show` lists it as rejected.
+            problem = emitter_problem(msg.subject, None)
+            if problem is not None:
+                count_wrong_emitter(s.AUDIT, msg.subject, problem)
             records.append(source_record(msg))
             self._next = seq + 1
         if records:

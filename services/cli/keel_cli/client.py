@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode_event, encode
+from keel_contracts.codec import ContractViolation, WrongEmitter, decode_event, encode
 from keel_contracts.commands import CancelRun, CancelRunBody, HumanInput, HumanInputBody
 from keel_contracts.deadletter import DeadLetter
 from keel_contracts.envelope import Message, new_id
@@ -92,6 +92,9 @@ class TimelineEntry:
     subject: str
     event: Message | None  # None when this Keel cannot read the event (written by a newer version)
     raw: bytes
+    # Why the event is not believed, when it is stored where its type's rightful emitter does not store it
+    # (decision 026): shown, never read as part of the run.
+    rejected: str | None = None
 
     @property
     def emitter(self) -> str:
@@ -108,8 +111,17 @@ class TimelineEntry:
             "emitter": self.emitter,
             "type": self.type,
         }
-        doc["event"] = self.event.model_dump(mode="json") if self.event else json.loads(self.raw or b"null")
+        if self.rejected is not None:
+            doc["rejected"] = self.rejected
+        doc["event"] = self.event.model_dump(mode="json") if self.event else _raw_json(self.raw)
         return doc
+
+
+def _raw_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return None
 
 
 class KeelClient:
@@ -329,7 +341,9 @@ def _entries(seq: int, subject: str, data: bytes) -> list[TimelineEntry]:
     run's first step (decision 025) is two entries with the same sequence, the start and then the step's
     `step_scheduled` under the subject it would have had on its own."""
     try:
-        event: Message = decode_event(data)
+        event: Message = decode_event(data, subject=subject)
+    except WrongEmitter as exc:
+        return [TimelineEntry(seq=seq, subject=subject, event=None, raw=data, rejected=exc.detail)]
     except ContractViolation:
         return [TimelineEntry(seq=seq, subject=subject, event=None, raw=data)]
     entries = [TimelineEntry(seq=seq, subject=subject, event=event, raw=data)]

@@ -25,6 +25,7 @@ from keel_contracts.runs import RunStatus
 from keel_router.workflow import cli as workflow_cli
 from keel_sandbox import cli as sandbox_cli
 from keel_shared.connection import connect
+from keel_shared.decisions import ensure_decision_keys, keyring_path, rotate_decision_key, signing_key_path
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
 from keel_shared.security import CLI, init_secure
@@ -111,11 +112,18 @@ def init(
         except Exception as exc:
             raise KeelError(f"cannot connect to NATS at {nats_url}: {exc}") from exc
         try:
-            await provision(nc.jetstream(), settings)
+            changed = await provision(nc.jetstream(), settings)
         finally:
             await nc.close()
+        for line in changed:
+            typer.echo(f"changed: {line}")
         typer.echo(
             f"provisioned {s.EVENTS_STREAM}, {s.COMMANDS_STREAM}, {s.DLQ_STREAM}, {s.RUNS_BUCKET}, {s.CLAIMS_BUCKET}"
+        )
+        signer = ensure_decision_keys(settings)
+        typer.echo(
+            f"approval decision key {signer.key_id}: {signing_key_path(settings)} (0600, the approval service's "
+            f"only); trusted by router and executors through {keyring_path(settings)}"
         )
 
     _run(go)
@@ -390,6 +398,20 @@ def watch(
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go)
+
+
+keys_app = typer.Typer(help="The approval service's decision keys (docs/security.md).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate-approval")
+def keys_rotate_approval() -> None:
+    """Give the approval service a new decision key. The old one is retired, not revoked: grants it signed
+    before now still unlock their writes. Restart the approval service to sign with the new key; router
+    and executors read the keyring again by themselves."""
+    settings = KeelSettings()
+    old, new = rotate_decision_key(settings)
+    typer.echo(f"retired {old}, now signing with {new}; keyring {keyring_path(settings)}")
 
 
 def main() -> None:

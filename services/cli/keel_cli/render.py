@@ -8,6 +8,8 @@ from keel_contracts.runs import RunView
 
 def _summary(entry: TimelineEntry) -> str:
     event = entry.event
+    if entry.rejected is not None:
+        return f"REJECTED, not from its rightful emitter: {entry.rejected}"
     if event is None:
         return "(an event type this version of Keel cannot read)"
     body: Any = getattr(event, "body", None)

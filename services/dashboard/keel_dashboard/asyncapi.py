@@ -36,6 +36,7 @@ from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "asyncapi"
 VERSION = "1"
 
+
 def _models(emitter: str) -> tuple[type[Message], ...]:
     return tuple(route.model for route in topology.emitted_by(emitter))
 

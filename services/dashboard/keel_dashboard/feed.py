@@ -12,7 +12,9 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from keel_contracts import subjects as s
+from keel_contracts.topology import DASHBOARD, emitter_problem
 from keel_shared.follow import StartAt, follow
+from keel_shared.trust import count_wrong_emitter
 
 #: Envelope fields copied to the top of each timeline entry (the event itself travels whole in "event").
 _ENVELOPE = ("occurred_at", "step_id", "attempt", "actor", "id")
@@ -69,6 +71,12 @@ def _entry(
     }
     if isinstance(event, dict):
         entry.update({k: event.get(k) for k in _ENVELOPE})
+    # An event stored where its type's rightful emitter never stores it is shown as rejected (decision 026).
+    claimed = event.get("type") if isinstance(event, dict) else None
+    problem = emitter_problem(subject, claimed if isinstance(claimed, str) else None)
+    if problem is not None:
+        entry["rejected"] = problem
+        count_wrong_emitter(DASHBOARD, subject, problem)
     entry["event"] = event
     return entry
 

@@ -10,7 +10,7 @@ Its dedupe key keeps a repeated report to one stored event.
 from nats.errors import Error as NatsError
 
 from keel_contracts import subjects as s
-from keel_contracts.codec import ContractViolation, decode_event, encode
+from keel_contracts.codec import ContractViolation, encode
 from keel_contracts.commands import ExecuteStep
 from keel_contracts.envelope import Message
 from keel_contracts.errors import ErrorClass
@@ -18,6 +18,7 @@ from keel_contracts.events import StepFailed, StepFailedBody, StepSucceeded
 from keel_executor.execution import outcome_key
 from keel_shared.eventstore import ConcurrencyConflict, EventStore
 from keel_shared.publishing import refused_as_too_large
+from keel_shared.trust import read_event
 
 
 class StreamOutcomes:
@@ -28,7 +29,7 @@ class StreamOutcomes:
         wanted = outcome_key(cmd)
         for stored in await self._store.read(f"keel.run.{cmd.workflow}.{cmd.run_id}.{s.EXECUTOR}.*"):
             try:
-                event = decode_event(stored.data)
+                event = read_event(s.EXECUTOR, stored.subject, stored.data)
             except ContractViolation:
                 continue
             if event.dedupe_key == wanted:

@@ -210,8 +210,14 @@
     li.dataset.type = entry.type;
     li.append(el("span", "#" + entry.seq, "seq"), el("span", entry.type, "type"), el("span", summary(entry), "meta"));
     li.title = entry.emitter + " at " + when(entry.occurred_at);
+    if (entry.rejected) {
+      // Stored where its type's rightful emitter never stores it: shown, never part of the run.
+      li.classList.add("rejected");
+      li.appendChild(el("span", "REJECTED: " + entry.rejected, "meta"));
+      li.title = "not believed: " + entry.rejected;
+    }
     const body = (entry.event && entry.event.body) || {};
-    if (entry.type === "approval_requested" && config.approval_url && typeof body.approval_id === "string") {
+    if (!entry.rejected && entry.type === "approval_requested" && config.approval_url && typeof body.approval_id === "string") {
       const a = el("a", "decide", "meta");
       a.href = config.approval_url + "/inbox/approvals/" + encodeURIComponent(body.approval_id);
       a.rel = "noopener";
