@@ -29,7 +29,7 @@ from keel_sandbox.testing import SandboxProcess, start_sandbox
 from keel_shared.decisions import DecisionKeyring, TrustedKey, sign_decision
 from keel_shared.natsserver import NatsServer
 from keel_shared.settings import KeelSettings
-from keel_shared.signing import Signer
+from keel_shared.signing import Signer, signer_from_text
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What most tests need; a test that exercises another service asks for it (`services=`): fewer
@@ -69,6 +69,12 @@ class StackHandle:
     @property
     def nats_url(self) -> str:
         return self.stack.nats_url
+
+    @property
+    def decision_signer(self) -> Signer:
+        """The stack's approval decision key (what `keel up` created), for tests that play the approval
+        service."""
+        return signer_from_text((self.data_dir / "keys" / "approval-signing.pem").read_text())
 
     async def client(self) -> KeelClient:
         return await KeelClient.connect(self.nats_url)

@@ -23,7 +23,8 @@ from keel_contracts.approvals import (
 from keel_contracts.codec import encode
 from keel_contracts.envelope import utcnow
 from keel_contracts.runs import RunView
-from tests.conftest import eventually
+from keel_shared.decisions import sign_decision
+from tests.conftest import StackHandle, eventually
 
 
 async def status_of(keel: KeelClient, run_id: str) -> str | None:
@@ -57,9 +58,15 @@ async def approval_request(keel: KeelClient, run_id: str, step_id: str | None = 
 
 
 async def decide_approval(
-    nats_url: str, request: ApprovalRequested, kind: str = "granted", *, by: str = "fin@example.com", reason: str = ""
+    stack: StackHandle,
+    request: ApprovalRequested,
+    kind: str = "granted",
+    *,
+    by: str = "fin@example.com",
+    reason: str = "",
 ) -> None:
-    """Publish the decision the approval service would, on the run's subject with emitter `approval`."""
+    """Publish the decision the approval service would, signed with the stack's decision key, on the run's
+    subject with emitter `approval`."""
     env: dict[str, Any] = {
         "run_id": request.run_id,
         "workflow": request.workflow,
@@ -83,8 +90,9 @@ async def decide_approval(
             reason=reason,
             decided_at=utcnow(),
         )
-        event = (ApprovalGranted if kind == "granted" else ApprovalDenied)(**env, body=body)
-    nc = await nats.connect(nats_url)
+        unsigned = (ApprovalGranted if kind == "granted" else ApprovalDenied)(**env, body=body)
+        event = sign_decision(stack.decision_signer, unsigned, request.body.approves_step)
+    nc = await nats.connect(stack.nats_url)
     try:
         subject = s.event_subject(request.workflow, request.run_id, s.APPROVAL, event.type)
         await nc.jetstream().publish(subject, encode(event), headers={"Nats-Msg-Id": event.dedupe_key})

@@ -309,7 +309,7 @@ async def test_keel_audit_show_reconstructs_the_approval_example_end_to_end(
         )
         await reaches(keel, answer.run_id, "needs_approval")
         request = await approval_request(keel, answer.run_id)
-        await decide_approval(stack.nats_url, request, "granted", by="fin@example.com", reason="checked")
+        await decide_approval(stack, request, "granted", by="fin@example.com", reason="checked")
         await reaches(keel, answer.run_id, "done")
     store = DirectorySegmentStore(AuditDirectory(audit_dir(stack)).segments)
     await eventually(lambda: all_sealed(stack, store))

@@ -1,22 +1,25 @@
 """The executor's last line of defence for approvals, on a real server: whatever schedules a step, a
-write whose payload differs from the approved one is refused before the tool runs."""
+write whose payload differs from the approved one, or that comes without the approval service's signed
+grant of exactly it, is refused before the tool runs."""
 
 import nats
 import pytest
 
 from keel_contracts import subjects as s
-from keel_contracts.approvals import payload_hash
+from keel_contracts.approvals import DecisionProof, payload_hash
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.events import StepFailed, StepScheduled, StepScheduledBody, StepSucceeded
 from keel_executor.tools.demo import ledger_counts
-from tests.conftest import StackFactory, eventually
+from tests.conftest import StackFactory, eventually, signed_grant
 
 pytestmark = pytest.mark.integration
 
 APPROVED = {"account": "acct-1", "amount": 100}
 
 
-def scheduled(run_id: str, payload: dict, approved_hash: str) -> StepScheduled:
+def scheduled(
+    run_id: str, payload: dict, approved_hash: str, grants: list[DecisionProof] | None = None
+) -> StepScheduled:
     return StepScheduled(
         run_id=run_id,
         workflow="demo",
@@ -35,6 +38,7 @@ def scheduled(run_id: str, payload: dict, approved_hash: str) -> StepScheduled:
             side_effect="write",
             approval_ids=[f"{run_id}-approval"],
             approved_payload_hash=approved_hash,
+            grants=grants or [],
         ),
     )
 
@@ -77,8 +81,22 @@ async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothi
         assert approved in refused.body.message
         assert ledger_counts(stack.ledger_url, "rchanged") == {"invocations": 0, "effects": 0}
 
-        # The same step with the payload that was approved runs, once.
-        await schedule(js, scheduled("rsame", dict(APPROVED), approved))
+        # The payload that was approved, but no signed grant comes with it: refused all the same.
+        await schedule(js, scheduled("rbare", dict(APPROVED), approved))
+        bare = await outcome_of(js, "rbare")
+        assert isinstance(bare, StepFailed) and "no signed grant" in bare.body.message
+        assert ledger_counts(stack.ledger_url, "rbare") == {"invocations": 0, "effects": 0}
+
+        # With the approval service's grant of exactly this write, it runs, once.
+        grant = signed_grant(
+            run_id="rsame",
+            step_id="refund",
+            payload=APPROVED,
+            approval_id="rsame-approval",
+            workflow="demo",
+            signer=stack.decision_signer,
+        )
+        await schedule(js, scheduled("rsame", dict(APPROVED), approved, [grant]))
         assert isinstance(await outcome_of(js, "rsame"), StepSucceeded)
         assert ledger_counts(stack.ledger_url, "rsame") == {"invocations": 1, "effects": 1}
     finally:

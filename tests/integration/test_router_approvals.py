@@ -25,7 +25,7 @@ async def test_a_gated_write_waits_for_approval_and_runs_with_the_approved_paylo
         assert request.body.roles == ["finance"] and request.body.escalate_to == "escalated"
         assert ledger_counts(stack.ledger_url, answer.run_id)["invocations"] == 0
 
-        await decide_approval(stack.nats_url, request, "granted")
+        await decide_approval(stack, request, "granted")
         await reaches(keel, answer.run_id, "done")
         timeline = await keel.timeline(answer.run_id)
     scheduled = [e for e in events_of(timeline, "step_scheduled") if e.step_id == "post"]
@@ -41,7 +41,7 @@ async def test_a_denied_approval_follows_on_reject_and_the_write_never_runs(keel
     async with await stack.client() as keel:
         answer = await keel.trigger("gated_ledger", {"amount": 4}, "gated-deny")
         await reaches(keel, answer.run_id, "needs_approval")
-        await decide_approval(stack.nats_url, await approval_request(keel, answer.run_id), "denied", reason="no")
+        await decide_approval(stack, await approval_request(keel, answer.run_id), "denied", reason="no")
         view = await reaches(keel, answer.run_id, "failed")
         assert "rejected" in view.reason
         timeline = await keel.timeline(answer.run_id)
@@ -54,7 +54,7 @@ async def test_an_expired_approval_escalates(keel_stack: StackFactory) -> None:
     async with await stack.client() as keel:
         answer = await keel.trigger("gated_ledger", {"amount": 4}, "gated-expire")
         await reaches(keel, answer.run_id, "needs_approval")
-        await decide_approval(stack.nats_url, await approval_request(keel, answer.run_id), "expired")
+        await decide_approval(stack, await approval_request(keel, answer.run_id), "expired")
         view = await reaches(keel, answer.run_id, "failed")
         assert "approval_expired" in view.reason
     assert ledger_counts(stack.ledger_url, answer.run_id)["invocations"] == 0
@@ -70,7 +70,7 @@ async def test_the_policy_gates_a_money_write_that_has_no_approval_step(keel_sta
         assert "policy requires approval" in request.body.reason
         assert ledger_counts(stack.ledger_url, answer.run_id)["invocations"] == 0
 
-        await decide_approval(stack.nats_url, request, "granted")
+        await decide_approval(stack, request, "granted")
         await reaches(keel, answer.run_id, "done")
         timeline = await keel.timeline(answer.run_id)
     assert types(timeline).count("approval_requested") == 1
@@ -83,8 +83,8 @@ async def test_a_decision_delivered_twice_resumes_the_run_once(keel_stack: Stack
         answer = await keel.trigger("gated_ledger", {"amount": 2}, "gated-twice")
         await reaches(keel, answer.run_id, "needs_approval")
         request = await approval_request(keel, answer.run_id)
-        await decide_approval(stack.nats_url, request, "granted")
-        await decide_approval(stack.nats_url, request, "granted")  # deduplicated, or ignored when late
+        await decide_approval(stack, request, "granted")
+        await decide_approval(stack, request, "granted")  # deduplicated, or ignored when late
         await reaches(keel, answer.run_id, "done")
         await eventually(lambda: ledger_counts(stack.ledger_url, answer.run_id)["effects"] == 1)
         timeline = await keel.timeline(answer.run_id)

@@ -59,7 +59,7 @@ async def test_refund_waits_for_finance_then_refunds_the_approved_amount_once(
         assert "alice" in request.body.summary and "damaged on arrival" in request.body.summary
         assert sandbox.count("billing_refunds", run_id=answer.run_id) == 0
 
-        await decide_approval(stack.nats_url, request, "granted", by="fin@example.com")
+        await decide_approval(stack, request, "granted", by="fin@example.com")
         view = await reaches(keel, answer.run_id, "done")
         too_much = await keel.trigger(
             "refund", {"charge_id": "1", "amount_cents": 999999, "reason": "all of it"}, "refund-too-much", wait=True
@@ -80,7 +80,7 @@ async def test_access_change_needs_security_approval_and_skips_a_grant_that_exis
         await reaches(keel, answer.run_id, "needs_approval")
         request = await approval_request(keel, answer.run_id)
         assert request.body.roles == ["security"] and request.body.target.system == "access"
-        await decide_approval(stack.nats_url, request, "granted", by="sec@example.com")
+        await decide_approval(stack, request, "granted", by="sec@example.com")
         view = await reaches(keel, answer.run_id, "done")
 
         existing = {"user": "alice@acme.example", "group": "github:member", "justification": "already there"}

@@ -107,7 +107,7 @@ async def test_a_cancelled_run_ignores_a_later_approval(keel_stack: StackFactory
         await reaches(keel, answer.run_id, "needs_approval")
         request = await approval_request(keel, answer.run_id)
         assert (await keel.cancel(answer.run_id, requested_by="ops", reason="stop")).status == "cancelled"
-        await decide_approval(stack.nats_url, request, "granted")
+        await decide_approval(stack, request, "granted")
         await eventually(lambda: _with(keel.timeline(answer.run_id), lambda t: "approval_granted" in types(t)))
         assert (await keel.run(answer.run_id)).status == "cancelled"
         timeline = await keel.timeline(answer.run_id)

@@ -26,6 +26,7 @@ from keel_cli.client import KeelClient
 from keel_cli.stack import Stack
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
+from keel_contracts import topology
 from keel_executor.tools.demo import ledger_counts
 from keel_shared.connection import inbox_prefix
 from keel_shared.natsserver import NatsServer
@@ -293,6 +294,34 @@ async def test_each_identity_publishes_only_its_own_subjects(secured: Secured, c
         await assert_allowed(who, secured.admin, stream, subject)
     for stream, subject in denied:
         await assert_denied(who, secured.admin, stream, subject)
+
+
+def forgeries(identity: str) -> list[str]:
+    """Every event type the identity does not emit, under its rightful emitter's token and (for a service)
+    under the identity's own token: the two ways to forge one (decision 026)."""
+    subjects = []
+    for route in topology.EVENTS:
+        if route.emitter == identity:
+            continue
+        subjects.append(s.event_subject("refund", "r9", route.emitter, route.type))
+        if identity in s.SERVICES:
+            subjects.append(s.event_subject("refund", "r9", identity, route.type))
+    return subjects
+
+
+@pytest.mark.parametrize("name", SERVICE_IDENTITIES)
+async def test_nats_refuses_every_event_type_an_identity_does_not_emit(secured: Secured, connect_as, name: str) -> None:
+    who = await connect_as(name)
+    for route in topology.emitted_by(name):
+        await assert_allowed(who, secured.admin, EV, s.event_subject("refund", "r9", name, route.type))
+    forged = forgeries(name)
+    body = b'{"type": "approval_granted"}'
+    for subject in forged:
+        await who.nc.publish(subject, body, headers={"Nats-Msg-Id": f"forged-{name}-{subject}"})
+    await who.nc.flush()
+    for subject in forged:
+        await who.wait_violation(subject)
+        assert not await stored(secured.admin, EV, subject), f"{name} stored {subject}"
 
 
 @pytest.mark.parametrize("name", SERVICE_IDENTITIES)

@@ -14,6 +14,7 @@ from keel_approval.records import ApprovalRecord
 from keel_approval.service import ApprovalService
 from keel_approval.store import ApprovalStore, TooEarly
 from keel_approval.stream import read_approval_events
+from keel_approval.throttle import GuessThrottle
 from keel_approval.timers import ApprovalExpiryDue, expiry_timer
 from keel_approval.webapp import create_app
 from keel_contracts import subjects as s
@@ -131,7 +132,10 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
 
     async def _serve_http() -> None:
         app = create_app(
-            service, cookie_secure=settings.approval_cookie_secure, session_hours=settings.approval_session_hours
+            service,
+            cookie_secure=settings.approval_cookie_secure,
+            session_hours=settings.approval_session_hours,
+            throttle=GuessThrottle(settings.approval_max_failed_logins, settings.approval_guess_window_seconds),
         )
         runtime.http, task = await start_embedded(
             app, settings.approval_http_host, settings.approval_http_port, name="approval", graceful_shutdown_seconds=5

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from keel_approval.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, ServiceDep
+from keel_approval.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, ServiceDep, authenticate, throttled
 from keel_approval.domain import Approver, DecisionRefused
 from keel_approval.records import ApprovalRecord
 from keel_approval.tokens import csrf_token, same
@@ -109,7 +109,13 @@ async def login(
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not same(expected, csrf):
         return await login_page(request, error="The login form expired; please try again.")
-    approver = await asyncio.to_thread(service.directory.authenticate, token.strip())
+    refusal = throttled(request)
+    if refusal is not None:
+        page = await login_page(request, error="Too many wrong tokens from here; wait a minute and try again.")
+        page.status_code = 429
+        page.headers.update(refusal.headers or {})
+        return page
+    approver = await authenticate(request, service, token.strip())
     if approver is None:
         return await login_page(request, error="That token is not valid.")
     session = await asyncio.to_thread(service.directory.open_session, approver, request.app.state.session_hours)

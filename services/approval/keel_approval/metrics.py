@@ -4,7 +4,7 @@ from prometheus_client import Counter, Histogram
 
 DECISIONS = Counter(
     "keel_approval_decisions_total",
-    "Approval requests settled, by outcome (approved, denied, expired, escalated, superseded).",
+    "Approval requests settled, by outcome (approved, denied, expired, escalated, superseded, withdrawn).",
     ["outcome"],
 )
 VOTES = Counter("keel_approval_votes_total", "Approvals cast towards a quorum that did not settle it yet.")
@@ -14,6 +14,10 @@ REFUSALS = Counter(
     ["code"],
 )
 AUTH_FAILURES = Counter("keel_approval_auth_failures_total", "Requests with a missing, unknown or disabled token.")
+THROTTLED = Counter(
+    "keel_approval_throttled_total",
+    "Requests answered 429 because their client sent too many wrong tokens (guessing).",
+)
 PUBLISH_FAILURES = Counter(
     "keel_approval_publish_failures_total", "Decision events that could not be published yet (kept in the outbox)."
 )

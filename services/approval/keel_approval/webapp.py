@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from keel_approval import api, inbox
 from keel_approval.domain import DecisionRefused
 from keel_approval.service import ApprovalService
+from keel_approval.throttle import GuessThrottle
 from keel_shared.http import BodyLimit
 
 #: Largest request body accepted: a decision is a hash, a role and a reason of at most 4,096 characters
@@ -22,7 +23,13 @@ MAX_REQUEST_BODY_BYTES = 32 * 1024
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 
-def create_app(service: ApprovalService | None, *, cookie_secure: bool = False, session_hours: float = 8.0) -> FastAPI:
+def create_app(
+    service: ApprovalService | None,
+    *,
+    cookie_secure: bool = False,
+    session_hours: float = 8.0,
+    throttle: GuessThrottle | None = None,
+) -> FastAPI:
     """`service` None builds the same routes without a backend: enough to write the OpenAPI document."""
     app = FastAPI(
         title="Keel approval service",
@@ -40,6 +47,8 @@ def create_app(service: ApprovalService | None, *, cookie_secure: bool = False, 
     app.state.service = service
     app.state.cookie_secure = cookie_secure
     app.state.session_hours = session_hours
+    # Wrong tokens per client: too many and the client gets 429 for a while (keel_approval.throttle).
+    app.state.throttle = throttle or GuessThrottle()
     app.include_router(api.router)
     app.include_router(inbox.router)
 

@@ -6,13 +6,23 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from approval_testkit import REFUND, T0, Clock, Outbox, request
+from approval_testkit import DECISION_SIGNER, REFUND, T0, Clock, Outbox, request
 
 from keel_approval.domain import Approver, Conflict, Forbidden, Invalid, NotFound, Status
 from keel_approval.service import ApprovalService
 from keel_approval.store import ApprovalStore, TooEarly
-from keel_contracts.approvals import ApprovalDenied, ApprovalExpired, ApprovalGranted, payload_hash
+from keel_contracts.approvals import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalWithdrawn,
+    ApprovalWithdrawnBody,
+    payload_hash,
+    proof_of,
+)
 from keel_contracts.codec import ContractViolation
+from keel_shared.signing import Signer
+from tests.conftest import trusting
 
 FIONA = Approver("fiona", frozenset({"finance"}))
 FRANK = Approver("frank", frozenset({"finance"}))
@@ -222,3 +232,72 @@ async def test_a_grant_found_in_the_stream_wins_over_a_derived_supersession(
     await service.rebuild([(1, request("a1")), (2, request("a2")), (3, grant)], wipe=True)
     record = store.get("a1")
     assert record is not None and record.status is Status.APPROVED and record.superseded_by is None
+
+
+def withdrawal(approval_id: str = "appr-1", run_id: str = "r1") -> ApprovalWithdrawn:
+    return ApprovalWithdrawn(
+        run_id=run_id,
+        workflow="refund",
+        step_id="approve_refund",
+        correlation_id="c-1",
+        actor="router",
+        dedupe_key=f"{run_id}:approval:{approval_id}:withdrawn",
+        occurred_at=T0 + timedelta(minutes=5),
+        body=ApprovalWithdrawnBody(
+            approval_id=approval_id, because="run_cancelled", reason="the run ended (run_cancelled)"
+        ),
+    )
+
+
+async def test_a_grant_is_signed_by_the_service_key_over_the_write_it_unlocks(
+    service: ApprovalService, outbox: Outbox
+) -> None:
+    await service.on_requested(request(), seq=1)
+    await service.approve("appr-1", FIONA, HASH)
+    [event] = outbox.published
+    assert isinstance(event, ApprovalGranted)
+
+    proof = proof_of(event)
+    assert proof is not None and proof.approves_step == "issue_refund" and proof.key_id == DECISION_SIGNER.key_id
+    assert trusting(DECISION_SIGNER).problem(proof) is None
+    assert trusting(Signer.generate()).problem(proof) is not None
+
+
+async def test_a_request_withdrawn_by_its_runs_end_can_no_longer_be_decided(
+    service: ApprovalService, outbox: Outbox
+) -> None:
+    await service.on_requested(request(), seq=1)
+
+    withdrawn = await service.on_withdrawn(withdrawal())
+
+    assert withdrawn is not None and withdrawn.status is Status.WITHDRAWN
+    assert await service.inbox(FIONA) == []
+    for attempt in (service.approve("appr-1", FIONA, HASH), service.deny("appr-1", FIONA, HASH, "no")):
+        with pytest.raises(Conflict) as exc:
+            await attempt
+        assert exc.value.code == "withdrawn" and exc.value.http_status == 409
+    assert outbox.published == []
+    history = service.store.get("appr-1").history()  # type: ignore[union-attr]
+    assert history[-1].what == "withdrawn" and "run_cancelled" in history[-1].why
+    assert [r.approval_id for r in await service.history(FIONA)] == ["appr-1"]
+
+
+async def test_a_withdrawal_after_a_decision_changes_nothing(service: ApprovalService) -> None:
+    await service.on_requested(request(), seq=1)
+    await service.approve("appr-1", FIONA, HASH)
+
+    assert await service.on_withdrawn(withdrawal()) is None
+    assert service.store.get("appr-1").status is Status.APPROVED  # type: ignore[union-attr]
+
+
+async def test_a_withdrawal_naming_another_runs_approval_changes_nothing(service: ApprovalService) -> None:
+    await service.on_requested(request(), seq=1)
+
+    assert await service.on_withdrawn(withdrawal(run_id="r-other")) is None
+    assert service.store.get("appr-1").status is Status.PENDING  # type: ignore[union-attr]
+
+
+async def test_a_rebuilt_store_keeps_withdrawals(service: ApprovalService) -> None:
+    await service.rebuild([(1, request()), (2, withdrawal())], wipe=True)
+
+    assert service.store.get("appr-1").status is Status.WITHDRAWN  # type: ignore[union-attr]
