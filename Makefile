@@ -74,6 +74,7 @@ schemas: install
 	$(BIN)/python -m keel_contracts.schema
 	$(BIN)/python -m keel_router.workflow.schema
 	$(BIN)/python -m keel_dashboard.asyncapi
+	$(BIN)/python -m keel_approval.openapi > docs/approval-openapi.json
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .keel .mypy_cache .ruff_cache .pytest_cache

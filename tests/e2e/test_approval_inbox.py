@@ -16,11 +16,13 @@ from tests.integration.approval_support import (
     REFUND,
     REFUND_WORKFLOW,
     add_approvers,
+    api_get,
     decisions,
     publish_request,
     refund_request,
     router_gates_or_skip,
 )
+from tests.integration.router_kit import approval_request
 
 pytestmark = pytest.mark.e2e
 
@@ -116,7 +118,11 @@ async def test_an_inbox_approval_resumes_a_parked_refund_run_to_the_end(
             finally:
                 await browser.close()
         await eventually(lambda: _equals(status(), "done"), timeout=90)
+        request = await approval_request(keel, answer.run_id)
     assert ledger_counts(stack.ledger_url, answer.run_id) == {"invocations": 1, "effects": 1}
+    # History says who decided and that the write happened (read from the run's events).
+    detail = api_get(base, tokens["fiona"], "/api/v1/approvals/" + quote(request.body.approval_id, safe="")).json()
+    assert detail["decided_by"] == ["fiona"] and detail["write"]["state"] == "written", detail.get("write")
 
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:

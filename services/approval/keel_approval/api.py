@@ -79,7 +79,8 @@ async def list_approvals(
     summary="One approval: payload, diff, target, evidence, history",
 )
 async def get_approval(approval_id: str, service: ServiceDep, approver: ApiApprover) -> ApprovalDetail:
-    return ApprovalDetail.of(await service.visible(approver, approval_id))
+    record = await service.visible(approver, approval_id)
+    return ApprovalDetail.of(record, await service.write_of(record))
 
 
 @router.post(

@@ -20,7 +20,7 @@ from keel_approval.webapp import create_app
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
 from keel_contracts.approvals import ApprovalRequested, ApprovalWithdrawn
-from keel_contracts.codec import decode, decode_with
+from keel_contracts.codec import ContractViolation, decode, decode_with
 from keel_contracts.envelope import Message
 from keel_shared.consuming import Redeliver, current_message
 from keel_shared.decisions import ensure_decision_keys
@@ -30,6 +30,7 @@ from keel_shared.logging import bound_context, get_logger
 from keel_shared.publishing import publish_with_retry
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
+from keel_shared.trust import read_event
 
 log = get_logger(__name__)
 
@@ -86,7 +87,18 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
             runtime.js, subject, data, headers, timeout=settings.publish_timeout, budget=settings.publish_retry_budget
         )
 
-    service = ApprovalService(store, directory, publish, schedule, clock, settings.max_approval_payload_bytes)
+    async def read_run(workflow: str, run_id: str) -> list[Message]:
+        events: list[Message] = []
+        for stored in await event_store().read(s.run_filter(workflow, run_id)):
+            try:
+                events.append(read_event(s.APPROVAL, stored.subject, stored.data, settings.max_message_bytes))
+            except ContractViolation:
+                continue  # unreadable, or not from its rightful emitter: it tells nothing about the write
+        return events
+
+    service = ApprovalService(
+        store, directory, publish, schedule, clock, settings.max_approval_payload_bytes, read_run=read_run
+    )
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 

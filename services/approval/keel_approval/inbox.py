@@ -156,8 +156,16 @@ async def pending(request: Request, session: Session, service: ServiceDep) -> HT
 async def history(request: Request, session: Session, service: ServiceDep) -> HTMLResponse:
     approver, token = session
     records = await service.history(approver)
+    writes = {r.approval_id: await service.write_of(r) for r in records}
     return _page(
-        request, "list.html", me=approver, csrf=csrf_token(token), approvals=records, title="History", history=True
+        request,
+        "list.html",
+        me=approver,
+        csrf=csrf_token(token),
+        approvals=records,
+        writes=writes,
+        title="History",
+        history=True,
     )
 
 
@@ -182,7 +190,7 @@ async def detail(approval_id: str, request: Request, session: Session, service: 
         record = await service.visible(approver, approval_id)
     except DecisionRefused as exc:
         return _page(request, "error.html", exc.http_status, me=approver, csrf=csrf_token(token), error=exc.message)
-    return _detail(request, approver, token, record)
+    return _detail(request, approver, token, record, write=await service.write_of(record))
 
 
 @router.post("/approvals/{approval_id:path}/decide")

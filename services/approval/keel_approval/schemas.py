@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from keel_approval.diff import Change
 from keel_approval.records import ApprovalRecord
+from keel_approval.writes import WriteOutcome
 
 
 class ErrorOut(BaseModel):
@@ -40,6 +41,14 @@ class HistoryOut(BaseModel):
     why: str
 
 
+class WriteOut(BaseModel):
+    state: Literal["written", "failed", "not_sent", "pending"] = Field(
+        description="What happened to the write the grant unlocked, read from the run's events"
+    )
+    detail: str
+    at: datetime | None
+
+
 class DiffLineOut(BaseModel):
     path: str
     change: Change
@@ -49,7 +58,7 @@ class DiffLineOut(BaseModel):
 
 class ApprovalSummary(BaseModel):
     approval_id: str
-    status: Literal["pending", "approved", "denied", "expired", "escalated", "superseded"]
+    status: Literal["pending", "approved", "denied", "expired", "escalated", "superseded", "withdrawn"]
     workflow: str
     run_id: str
     step_id: str | None = Field(description="The approval step of the run that asked")
@@ -103,9 +112,10 @@ class ApprovalDetail(ApprovalSummary):
     votes: list[VoteOut]
     history: list[HistoryOut]
     published: bool = Field(description="Whether the decision event is in the stream yet")
+    write: WriteOut | None = Field(None, description="For a granted approval: whether its write happened")
 
     @classmethod
-    def of(cls, record: ApprovalRecord) -> "ApprovalDetail":
+    def of(cls, record: ApprovalRecord, write: WriteOutcome | None = None) -> "ApprovalDetail":
         return cls(
             **ApprovalSummary.of(record).model_dump(),
             payload=record.payload,
@@ -123,6 +133,7 @@ class ApprovalDetail(ApprovalSummary):
             votes=[VoteOut(approver=v.approver, role=v.role, at=v.at, reason=v.reason) for v in record.votes],
             history=[HistoryOut(what=h.what, who=h.who, at=h.at, why=h.why) for h in record.history()],
             published=record.published,
+            write=None if write is None else WriteOut(state=write.state, detail=write.detail, at=write.at),
         )
 
 
@@ -149,7 +160,7 @@ class DenyIn(BaseModel):
 
 class DecisionOut(BaseModel):
     approval_id: str
-    status: Literal["pending", "approved", "denied", "expired", "escalated", "superseded"]
+    status: Literal["pending", "approved", "denied", "expired", "escalated", "superseded", "withdrawn"]
     settled: bool = Field(description="False when the approval counted towards a quorum not yet reached")
     event: Literal["approval_granted", "approval_denied"] | None
     payload_hash: str

@@ -13,6 +13,7 @@ from keel_approval.events import as_message
 from keel_approval.metrics import DECISIONS, PUBLISH_FAILURES, REFUSALS, VOTES, WAIT_SECONDS
 from keel_approval.records import ApprovalRecord
 from keel_approval.store import ApprovalStore, Decided, RequestApplied
+from keel_approval.writes import WriteOutcome, write_outcome
 from keel_contracts.approvals import (
     DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
     ApprovalRequested,
@@ -28,6 +29,11 @@ log = get_logger(__name__)
 
 Publish = Callable[[Message], Awaitable[None]]
 Schedule = Callable[[ApprovalRecord], Awaitable[None]]
+#: The events of one run (workflow, run id), in stream order, as their rightful emitters stored them.
+ReadRun = Callable[[str, str], Awaitable[list[Message]]]
+
+#: Settled write outcomes remembered (they can no longer change); beyond it the oldest are read again.
+MAX_REMEMBERED_WRITES = 10_000
 
 
 class ApprovalService:
@@ -39,8 +45,11 @@ class ApprovalService:
         schedule: Schedule,
         clock: Callable[[], datetime],
         max_payload_bytes: int = DEFAULT_MAX_APPROVAL_PAYLOAD_BYTES,
+        read_run: ReadRun | None = None,
     ) -> None:
         self.store = store
+        self._read_run = read_run
+        self._writes: dict[str, WriteOutcome] = {}
         self.max_payload_bytes = max_payload_bytes
         self.directory = directory
         self._publish = publish
@@ -124,6 +133,21 @@ class ApprovalService:
         if not domain.eligible_roles(record.state(), approver):
             raise Forbidden("role_mismatch", f"approval {approval_id} needs the role {' or '.join(record.roles)}")
         return record
+
+    async def write_of(self, record: ApprovalRecord) -> WriteOutcome | None:
+        """Whether the write a granted approval unlocked happened (None: nothing was granted, or this service
+        cannot read runs)."""
+        if record.status is not Status.APPROVED or self._read_run is None:
+            return None
+        known = self._writes.get(record.approval_id)
+        if known is not None:
+            return known
+        outcome = write_outcome(record.approval_id, await self._read_run(record.workflow, record.run_id))
+        if outcome.final:
+            if len(self._writes) >= MAX_REMEMBERED_WRITES:
+                self._writes.pop(next(iter(self._writes)))
+            self._writes[record.approval_id] = outcome
+        return outcome
 
     # --- decisions ---------------------------------------------------------------------------------
     async def approve(
