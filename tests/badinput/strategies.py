@@ -23,16 +23,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from keel_approval.timers import ApprovalExpiryDue, ExpiryBody
 from keel_contracts import subjects as s
 from keel_contracts import timers as t
+from keel_contracts import topology
 from keel_contracts.approvals import (
     ApprovalDecisionBody,
     ApprovalDenied,
@@ -42,6 +43,8 @@ from keel_contracts.approvals import (
     ApprovalRequested,
     ApprovalRequestedBody,
     ApprovalTarget,
+    ApprovalWithdrawn,
+    ApprovalWithdrawnBody,
     payload_hash,
 )
 from keel_contracts.commands import (
@@ -282,6 +285,13 @@ def approval_request(workflow: str, run_id: str, **changes: Any) -> ApprovalRequ
     )
 
 
+def _withdrawn(workflow: str, run_id: str) -> Message:
+    return ApprovalWithdrawn(
+        **_envelope(workflow, run_id, s.ROUTER, f"{run_id}:approval:{run_id}:approve:1:withdrawn"),
+        body=ApprovalWithdrawnBody(approval_id=f"{run_id}:approve:1", because="run_cancelled", reason="the run ended"),
+    )
+
+
 def _timer(workflow: str, run_id: str) -> Message:
     return TimerFired(
         **_envelope(workflow, run_id, s.ROUTER, f"{run_id}:timer:t1"),
@@ -320,13 +330,9 @@ class Target:
         return False
 
 
-def _event_subject(emitter: str) -> Callable[[Message], str]:
-    return lambda m: s.event_subject(m.workflow, m.run_id, emitter, m.type)
-
-
-def _executor_or_approval(m: Message) -> str:
-    emitter = s.EXECUTOR if m.type.startswith("step_") else s.APPROVAL
-    return s.event_subject(m.workflow, m.run_id, emitter, m.type)
+def _rightful_subject(m: Message) -> str:
+    """Where the rightful emitter of the message's type stores it (the topology table)."""
+    return topology.subject_of(m)
 
 
 def _router_command_subject(m: Message) -> str:
@@ -358,7 +364,7 @@ TARGETS: dict[str, Target] = {
             s.ROUTER,
             s.EVENTS_STREAM,
             (_succeeded, _failed, _decision, _denied, _expired),
-            _executor_or_approval,
+            _rightful_subject,
             TypeAdapter(RunEvent),
         ),
         Target(
@@ -374,16 +380,16 @@ TARGETS: dict[str, Target] = {
             s.EXECUTOR,
             s.EVENTS_STREAM,
             (_scheduled, _started_with_step),
-            _event_subject(s.ROUTER),
+            _rightful_subject,
             TypeAdapter(Work),
         ),
         Target(
             s.APPROVAL_REQUESTS_DURABLE,
             s.APPROVAL,
             s.EVENTS_STREAM,
-            (approval_request,),
-            _event_subject(s.ROUTER),
-            TypeAdapter(ApprovalRequested),
+            (approval_request, _withdrawn),
+            _rightful_subject,
+            TypeAdapter(Annotated[ApprovalRequested | ApprovalWithdrawn, Field(discriminator="type")]),
         ),
         Target(
             t.APPROVAL_TIMERS_DURABLE,
@@ -399,7 +405,19 @@ TARGETS: dict[str, Target] = {
 #: The reasons a refusal may carry: each names what is wrong (never `max_deliveries`, which would mean
 #: the message was retried as if the fault were transient).
 CLEAR_REASONS = frozenset(
-    {"malformed_json", "invalid", "too_large", "unknown_type", "unknown_workflow", "unknown_run", "invalid_input"}
+    {
+        "malformed_json",
+        "invalid",
+        "too_large",
+        "unknown_type",
+        "unknown_workflow",
+        "unknown_run",
+        "invalid_input",
+        # Stored under a subject its type's rightful emitter never uses, or a decision whose signature
+        # does not verify (decision 026).
+        "wrong_emitter",
+        "unverified_decision",
+    }
 )
 
 

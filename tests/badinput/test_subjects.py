@@ -7,10 +7,12 @@ one appears that `strategies.TARGETS` does not cover):
 |---|---|---|---|
 | router-triggers | router | keel.trigger.> | TriggerRun |
 | router-commands | router | keel.cmd.router.> | HumanInput, CancelRun |
-| router-events | router | keel.run.*.*.executor.*, keel.run.*.*.approval.* | any run event |
+| router-events | router | keel.run.*.*.executor.step_*, keel.run.*.*.approval.approval_* (per type) | those events |
 | router-timers | router | keel.timer.fire.*.*.* | TimerFired |
-| executor | executor | keel.run.*.*.router.step_scheduled | StepScheduled |
-| approval-requests | approval | keel.run.*.*.router.approval_requested | ApprovalRequested |
+| executor | executor | keel.run.*.*.router.{step_scheduled,run_started} | StepScheduled, RunStarted |
+| approval-requests | approval | keel.run.*.*.router.approval_{requested,withdrawn} | ApprovalRequested, -Withdrawn |
+
+(The table is `keel_contracts.topology.DURABLES`; test_inventory.py checks every durable of it is covered.)
 | approval-timers | approval | keel.timer.fire.approval.*.*.* | ApprovalExpiryDue |
 
 Besides those: the audit service reads every keel.run.> message from its own cursor, the dashboard follows
