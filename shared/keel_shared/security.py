@@ -88,13 +88,28 @@ def _durable(stream: str, durable: str) -> list[str]:
     ]
 
 
-def _kv_read(bucket: str) -> list[str]:
-    stream = f"KV_{bucket}"
+def _stream_read(stream: str) -> list[str]:
     return [
         f"{JS_API}.STREAM.INFO.{stream}",
         f"{JS_API}.DIRECT.GET.{stream}.>",
         f"{JS_API}.STREAM.MSG.GET.{stream}",
     ]
+
+
+def _stream_watch(stream: str) -> list[str]:
+    # A watch is an ordered push consumer on the stream; `$JS.FC` answers its flow control.
+    return [
+        *_stream_read(stream),
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _kv_read(bucket: str) -> list[str]:
+    return _stream_read(f"KV_{bucket}")
 
 
 def _kv_write(bucket: str) -> list[str]:
@@ -107,16 +122,7 @@ def _read_events() -> list[str]:
 
 
 def _kv_watch(bucket: str) -> list[str]:
-    # A watch is an ordered push consumer on the bucket's stream; `$JS.FC` answers its flow control.
-    stream = f"KV_{bucket}"
-    return [
-        *_kv_read(bucket),
-        f"{JS_API}.CONSUMER.CREATE.{stream}",
-        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
-        f"{JS_API}.CONSUMER.INFO.{stream}.*",
-        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
-        f"$JS.FC.{stream}.>",
-    ]
+    return _stream_watch(f"KV_{bucket}")
 
 
 def _ordered_events_reader() -> list[str]:
@@ -178,17 +184,7 @@ def _scan_events() -> list[str]:
 
 def _audit_bucket(bucket: str) -> list[str]:
     # Its own write-once segment bucket (KEEL_AUDIT_STORE=object_store).
-    stream = f"OBJ_{bucket}"
-    return [
-        f"$O.{bucket}.>",
-        f"{JS_API}.STREAM.INFO.{stream}",
-        f"{JS_API}.DIRECT.GET.{stream}.>",
-        f"{JS_API}.STREAM.MSG.GET.{stream}",
-        f"{JS_API}.CONSUMER.CREATE.{stream}",
-        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
-        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
-        f"$JS.FC.{stream}.>",
-    ]
+    return [f"$O.{bucket}.>", *_stream_watch(f"OBJ_{bucket}")]
 
 
 def _rendered(identity: str, settings: KeelSettings) -> Permissions:

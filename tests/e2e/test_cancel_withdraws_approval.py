@@ -14,7 +14,7 @@ import pytest
 
 from keel_executor.tools.demo import ledger_counts
 from tests.conftest import StackFactory, eventually
-from tests.integration.approval_support import REFUND_WORKFLOW, add_approvers, api_get
+from tests.integration.approval_support import api_get, approval_stack
 from tests.integration.router_kit import approval_request, keel_cli, reaches
 
 pytestmark = pytest.mark.e2e
@@ -29,12 +29,7 @@ async def keel(*args: str) -> tuple[int, str, str]:
 async def test_a_cancelled_runs_approval_is_withdrawn_and_approving_it_is_refused(
     keel_stack: StackFactory, tmp_path: Path
 ) -> None:
-    (tmp_path / "workflows").mkdir(exist_ok=True)
-    (tmp_path / "workflows" / "refund_approval.yaml").write_text(REFUND_WORKFLOW)
-    stack = await keel_stack(services=("router", "executor", "approval"))
-    base = stack.stack.approval_url
-    assert base is not None
-    tokens = add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", fiona=["finance"], frank=["finance"])
+    stack, base, tokens = await approval_stack(keel_stack, tmp_path, fiona=["finance"], frank=["finance"])
     async with await stack.client() as client:
         answer = await client.trigger("refund_approval", {"customer": "initech", "amount": 12}, "refund-initech-1")
         await reaches(client, answer.run_id, "needs_approval")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,3 +116,14 @@ def api_get(base: str, token: str, path: str) -> httpx.Response:
 
 def api_post(base: str, token: str, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(base + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+async def approval_stack(keel_stack: Any, tmp_path: Path, **roles: list[str]) -> tuple[Any, str, dict[str, str]]:
+    """Router, executor and approval service with the refund workflow, and approvers with these roles:
+    (stack, approval service URL, tokens by name)."""
+    (tmp_path / "workflows").mkdir(exist_ok=True)
+    (tmp_path / "workflows" / "refund_approval.yaml").write_text(REFUND_WORKFLOW)
+    stack = await keel_stack(services=("router", "executor", "approval"))
+    base = stack.stack.approval_url
+    assert base is not None
+    return stack, base, add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", **roles)

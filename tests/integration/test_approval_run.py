@@ -12,10 +12,9 @@ from keel_contracts.approvals import payload_hash
 from keel_executor.tools.demo import ledger_counts
 from tests.conftest import StackFactory, eventually
 from tests.integration.approval_support import (
-    REFUND_WORKFLOW,
-    add_approvers,
     api_get,
     api_post,
+    approval_stack,
     decisions,
     router_gates_or_skip,
 )
@@ -36,12 +35,7 @@ async def _status(keel: object, run_id: str) -> str | None:
 async def test_a_refund_parks_for_finance_and_one_approval_runs_the_write_once(
     keel_stack: StackFactory, tmp_path: Path
 ) -> None:
-    (tmp_path / "workflows").mkdir(exist_ok=True)
-    (tmp_path / "workflows" / "refund_approval.yaml").write_text(REFUND_WORKFLOW)
-    stack = await keel_stack(services=("router", "executor", "approval"))
-    base = stack.stack.approval_url
-    assert base is not None
-    tokens = add_approvers(f"sqlite:///{stack.data_dir / 'approvals.db'}", fiona=["finance"], sam=["security"])
+    stack, base, tokens = await approval_stack(keel_stack, tmp_path, fiona=["finance"], sam=["security"])
     async with await stack.client() as keel:
         answer = await keel.trigger("refund_approval", {"customer": "acme", "amount": 42}, "refund-acme-1")
         run_id = answer.run_id

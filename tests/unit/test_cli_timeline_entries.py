@@ -2,6 +2,7 @@
 its first step (decision 025) is two entries with one sequence."""
 
 from keel_cli.client import _entries
+from keel_cli.render import timeline_line
 from keel_contracts import subjects as s
 from keel_contracts.codec import encode
 from keel_contracts.events import RunStarted, RunStartedBody, StepScheduled, StepScheduledBody
@@ -39,3 +40,14 @@ def test_a_plain_start_and_an_unreadable_event_are_one_entry_each() -> None:
     assert [e.type for e in _entries(3, subject, encode(start(None)))] == ["run_started"]
     (unreadable,) = _entries(4, subject, b"not json")
     assert unreadable.event is None and unreadable.raw == b"not json"
+
+
+def test_an_event_under_another_emitters_token_is_listed_as_rejected_and_not_read() -> None:
+    # A start stored under the executor's token: whoever wrote it, it is not the router's.
+    forged = s.event_subject("demo", "r1", s.EXECUTOR, "run_started")
+
+    (entry,) = _entries(5, forged, encode(start(None)))
+
+    assert entry.event is None and entry.rejected is not None and "router only" in entry.rejected
+    assert entry.to_json()["rejected"] == entry.rejected
+    assert "REJECTED" in timeline_line(entry)

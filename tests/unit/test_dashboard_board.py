@@ -183,3 +183,13 @@ async def test_consumer_lag_collector_reports_pending_and_keeps_the_last_value_o
     assert ACK_PENDING.labels("S", "unit-durable")._value.get() == 2
     await lag.poll_once()
     assert PENDING.labels("S", "unit-durable")._value.get() == 7
+
+
+def test_timeline_entries_mark_an_event_from_the_wrong_emitter_as_rejected() -> None:
+    data = b'{"type": "approval_granted", "body": {"approval_id": "a1"}}'
+
+    (forged,) = timeline_entries(6, "keel.run.refund.r1.executor.approval_granted", data)
+    (real,) = timeline_entries(7, "keel.run.refund.r1.approval.approval_granted", data)
+
+    assert "approval only" in forged["rejected"] and forged["event"]["body"]["approval_id"] == "a1"
+    assert "rejected" not in real

@@ -150,10 +150,10 @@ def _events() -> list[tuple[str, Message]]:
     ]
 
 
-def _log(tmp_path: Path) -> AuditLog:
+def _log(tmp_path: Path, events: list[tuple[str, Message]] | None = None) -> AuditLog:
     log = make_log(tmp_path / "audit")
     writer = log.open()
-    for seq, (emitter, event) in enumerate(_events(), start=1):
+    for seq, (emitter, event) in enumerate(_events() if events is None else events, start=1):
         writer.append(
             SourceRecord(
                 stream=STREAM,
@@ -210,3 +210,25 @@ def test_show_flags_a_modified_approval_and_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and doc["verdict"] == "tampered"
     assert doc["approvals"][0]["decided_by"] == ["mallory"] and doc["approvals"][0]["decided"]["verified"] is False
     assert doc["unverified"] == [f"{STREAM}:3"]
+
+
+def test_show_lists_an_event_from_the_wrong_emitter_as_rejected_and_never_uses_it(tmp_path: Path) -> None:
+    events = _events()
+    grant = next(event for emitter, event in events if emitter == "approval")
+    # The attack of decision 026: a grant stored under the executor's token, before the real one.
+    forged = grant.model_copy(update={"body": grant.body.model_copy(update={"decided_by": ["mallory"]})})
+    events.insert(2, ("executor", forged))
+    log = _log(tmp_path, events)
+
+    result = runner.invoke(app, ["show", RUN, "--dir", str(log.root), "--json"])
+
+    doc = json.loads(result.output)
+    assert result.exit_code == 0, result.output  # the log itself is intact: the forgery is recorded
+    [rejected] = doc["rejected"]
+    assert (rejected["seq"], rejected["emitter"], rejected["type"]) == (3, "executor", "approval_granted")
+    assert "approval" in rejected["why"]
+    [approval] = doc["approvals"]
+    assert approval["decided_by"] == ["alice"]  # only the approval service's grant counts
+    assert [t["rejected"] for t in doc["timeline"] if t["seq"] == 3] == [rejected["why"]]
+    text = runner.invoke(app, ["show", RUN, "--dir", str(log.root)]).output
+    assert "Rejected" in text and "executor" in text
