@@ -26,7 +26,8 @@ from keel_contracts.approvals import (
     proof_of,
 )
 from keel_sandbox.testing import SandboxProcess, start_sandbox
-from keel_shared.decisions import DecisionKeyring, TrustedKey, sign_decision
+from keel_shared import decisions, keyrings
+from keel_shared.decisions import sign_decision
 from keel_shared.natsserver import NatsServer
 from keel_shared.settings import KeelSettings
 from keel_shared.signing import Signer, signer_from_text
@@ -75,6 +76,11 @@ class StackHandle:
         """The stack's approval decision key (what `keel up` created), for tests that play the approval
         service."""
         return signer_from_text((self.data_dir / "keys" / "approval-signing.pem").read_text())
+
+    @property
+    def schedule_signer(self) -> Signer:
+        """The stack's router schedule key, for tests that play the router."""
+        return signer_from_text((self.data_dir / "keys" / "router-signing.pem").read_text())
 
     async def client(self) -> KeelClient:
         return await KeelClient.connect(self.nats_url)
@@ -249,11 +255,13 @@ os.environ.setdefault("KEEL_LOG_FORMAT", "json")
 #: The approval service's decision key in tests that build grants themselves (a keyring of
 #: `trusting(TEST_DECISION_SIGNER)` accepts them).
 TEST_DECISION_SIGNER = Signer.generate()
+#: The router's schedule key in tests that build a router in process.
+TEST_SCHEDULE_SIGNER = Signer.generate()
 
 
-def trusting(*signers: Signer) -> DecisionKeyring:
-    """A keyring that trusts these decision keys."""
-    return DecisionKeyring(tuple(TrustedKey(k.key_id, k.public_key, datetime.now(UTC)) for k in signers))
+def trusting(*signers: Signer) -> keyrings.Keyring:
+    """An approval keyring that trusts these decision keys."""
+    return keyrings.trusting(decisions.PURPOSE, *signers)
 
 
 def signed_grant(

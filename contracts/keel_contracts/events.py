@@ -3,6 +3,7 @@
 The run's state is a fold of these events; nothing else is authoritative.
 """
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue
@@ -52,6 +53,14 @@ class StepScheduledBody(Body):
     grants: Annotated[list[DecisionProof], Field(max_length=8)] = Field(default_factory=list)
     # The step's verify call rendered for this attempt (request, idempotency key, number filled in).
     verify: VerifySpec | None = None
+    # For a write: the router's Ed25519 signature over `StepScheduled.statement`, so an executor sends a
+    # write only when the router scheduled it, whoever could publish under the router's token (decision 026).
+    key_id: Annotated[str, Field(max_length=64)] | None = None
+    signature: Annotated[str, Field(max_length=128)] | None = None
+
+
+#: Labels what a schedule signature means, so no other signed Keel document can pass for one.
+SCHEDULE_STATEMENT = "keel-write-schedule/v1"
 
 
 class StepScheduled(Message):
@@ -60,6 +69,20 @@ class StepScheduled(Message):
 
     type: Literal["step_scheduled"] = "step_scheduled"
     body: StepScheduledBody
+
+    def statement(self) -> bytes:
+        """What the router signs for a write: the attempt (run, step, number) and everything the executor
+        acts on, canonical JSON, without the signature itself."""
+        doc = {
+            "statement": SCHEDULE_STATEMENT,
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "tenant": self.tenant,
+            "step_id": self.step_id,
+            "attempt": self.attempt,
+            "body": self.body.model_dump(mode="json", exclude={"signature"}),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class RunStartedBody(Body):

@@ -44,6 +44,11 @@ UNVERIFIED_DECISIONS = Counter(
     "Approval decisions a service refused because their signature did not verify against its keyring.",
     ["service"],
 )
+UNVERIFIED_SCHEDULES = Counter(
+    "keel_unverified_schedules_total",
+    "Scheduled writes an executor refused because the router's signature on them did not verify.",
+    ["service"],
+)
 UP = Gauge("keel_service_up", "1 while the service is connected and consuming.", ["service"])
 
 HealthCheck = Callable[[], dict[str, Any]]

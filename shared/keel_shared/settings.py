@@ -92,6 +92,11 @@ class KeelSettings(BaseSettings):
     # The keys whose signed grants the router and executors accept; unset means
     # <data_dir>/keys/approval-keyring.json (docs/security.md, "Signed decisions").
     approval_keyring_file: Path | None = None
+    # The router's Ed25519 key for signing the writes it schedules (PEM, 0600); unset means
+    # <data_dir>/keys/router-signing.pem, created by `keel init` or the router's first start.
+    router_signing_key_file: Path | None = None
+    # The keys whose signed write schedules executors accept; unset means <data_dir>/keys/router-keyring.json.
+    router_keyring_file: Path | None = None
     # Wrong approver tokens one client may send in `approval_guess_window_seconds` before it gets 429.
     approval_max_failed_logins: int = Field(default=10, ge=1)
     approval_guess_window_seconds: float = Field(default=60, gt=0)

@@ -13,7 +13,8 @@ from keel_contracts.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractViolation, W
 from keel_contracts.envelope import Message
 from keel_contracts.events import RunEvent
 from keel_contracts.topology import EMITTER_OF
-from keel_shared.decisions import Verifier, decision_problem
+from keel_shared.decisions import decision_problem
+from keel_shared.keyrings import Verifier
 from keel_shared.logging import get_logger
 from keel_shared.metrics import UNVERIFIED_DECISIONS, WRONG_EMITTER
 

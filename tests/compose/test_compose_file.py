@@ -151,3 +151,21 @@ def test_prometheus_scrapes_every_keel_service(raw: dict[str, Any]) -> None:
     prometheus = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.compose.yml").read_text())
     names = {n for job in prometheus["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
     assert names >= KEEL_SERVICES
+
+
+def test_each_signing_key_is_mounted_only_where_it_signs_and_every_keyring_read_only(config: dict[str, Any]) -> None:
+    owners = {"approval-key": {"init", "approval"}, "router-key": {"init", "router"}}
+    for volume, allowed in owners.items():
+        mounted = {
+            name
+            for name, service in config["services"].items()
+            for v in service.get("volumes", [])
+            if v.get("source") == volume
+        }
+        assert mounted == allowed, (volume, mounted)
+    for name in ("router", "executor", "approval"):
+        env = config["services"][name]["environment"]
+        trust = {v["target"]: v for v in config["services"][name]["volumes"] if v.get("source") == "trust"}
+        assert str(Path(env["KEEL_APPROVAL_KEYRING_FILE"]).parent) in trust, name
+        assert str(Path(env["KEEL_ROUTER_KEYRING_FILE"]).parent) in trust, name
+        assert all(v.get("read_only") for v in trust.values()), name

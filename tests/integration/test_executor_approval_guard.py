@@ -10,6 +10,8 @@ from keel_contracts.approvals import DecisionProof, payload_hash
 from keel_contracts.codec import decode_event, encode
 from keel_contracts.events import StepFailed, StepScheduled, StepScheduledBody, StepSucceeded
 from keel_executor.tools.demo import ledger_counts
+from keel_shared.schedules import sign_schedule
+from keel_shared.signing import Signer
 from tests.conftest import StackFactory, eventually, signed_grant
 
 pytestmark = pytest.mark.integration
@@ -74,15 +76,16 @@ async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothi
     js = nc.jetstream()
     try:
         approved = payload_hash(APPROVED)
-        await schedule(js, scheduled("rchanged", {**APPROVED, "amount": 100_000}, approved))
+        changed = scheduled("rchanged", {**APPROVED, "amount": 100_000}, approved)
+        await schedule(js, sign_schedule(stack.schedule_signer, changed))
         refused = await outcome_of(js, "rchanged")
         assert isinstance(refused, StepFailed)
         assert refused.body.error_class == "refused"
         assert approved in refused.body.message
         assert ledger_counts(stack.ledger_url, "rchanged") == {"invocations": 0, "effects": 0}
 
-        # The payload that was approved, but no signed grant comes with it: refused all the same.
-        await schedule(js, scheduled("rbare", dict(APPROVED), approved))
+        # The payload that was approved, scheduled by the router, but no signed grant comes with it.
+        await schedule(js, sign_schedule(stack.schedule_signer, scheduled("rbare", dict(APPROVED), approved)))
         bare = await outcome_of(js, "rbare")
         assert isinstance(bare, StepFailed) and "no signed grant" in bare.body.message
         assert ledger_counts(stack.ledger_url, "rbare") == {"invocations": 0, "effects": 0}
@@ -96,8 +99,35 @@ async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothi
             workflow="demo",
             signer=stack.decision_signer,
         )
-        await schedule(js, scheduled("rsame", dict(APPROVED), approved, [grant]))
+        await schedule(js, sign_schedule(stack.schedule_signer, scheduled("rsame", dict(APPROVED), approved, [grant])))
         assert isinstance(await outcome_of(js, "rsame"), StepSucceeded)
         assert ledger_counts(stack.ledger_url, "rsame") == {"invocations": 1, "effects": 1}
+    finally:
+        await nc.close()
+
+
+async def test_a_write_the_router_did_not_sign_is_refused_whatever_it_claims(keel_stack: StackFactory) -> None:
+    stack = await keel_stack()
+    nc = await nats.connect(stack.nats_url)
+    js = nc.jetstream()
+    try:
+        grant = signed_grant(
+            run_id="rforged",
+            step_id="refund",
+            payload=APPROVED,
+            approval_id="rforged-approval",
+            workflow="demo",
+            signer=stack.decision_signer,
+        )
+        # Even with a real grant: a write under the router's token that the router did not sign.
+        await schedule(js, scheduled("rforged", dict(APPROVED), payload_hash(APPROVED), [grant]))
+        refused = await outcome_of(js, "rforged")
+        assert isinstance(refused, StepFailed) and "not scheduled by the router" in refused.body.message
+        signed_elsewhere = sign_schedule(Signer.generate(), scheduled("rother", dict(APPROVED), payload_hash(APPROVED)))
+        await schedule(js, signed_elsewhere)
+        other = await outcome_of(js, "rother")
+        assert isinstance(other, StepFailed) and "does not hold" in other.body.message
+        assert ledger_counts(stack.ledger_url, "rforged")["invocations"] == 0
+        assert ledger_counts(stack.ledger_url, "rother")["invocations"] == 0
     finally:
         await nc.close()

@@ -110,6 +110,8 @@ async def test_forged_grants_and_outcomes_are_stored_but_never_folded_and_unlock
 
 
 async def test_a_forged_schedule_of_an_approved_write_is_refused_by_the_executor(keel_stack: StackFactory) -> None:
+    """Stored under the router's own token (only a wide permission allows that): the executor still sends
+    no write the router did not sign, and no grant the approval service did not sign."""
     stack = await keel_stack()
     async with await stack.client() as keel:
         answer = await keel.trigger("gated_ledger", {"amount": 8}, "forged-2")
@@ -141,5 +143,5 @@ async def test_a_forged_schedule_of_an_approved_write_is_refused_by_the_executor
             return [e for e in failed if e.step_id == "post"]
 
         (outcome,) = await eventually(refused)
-        assert outcome.body.error_class == "refused" and "does not unlock this write" in outcome.body.message
+        assert outcome.body.error_class == "refused" and "not scheduled by the router" in outcome.body.message
     assert ledger_counts(stack.ledger_url, answer.run_id)["invocations"] == 0

@@ -25,7 +25,9 @@ from keel_contracts.runs import RunStatus
 from keel_router.workflow import cli as workflow_cli
 from keel_sandbox import cli as sandbox_cli
 from keel_shared.connection import connect
-from keel_shared.decisions import ensure_decision_keys, keyring_path, rotate_decision_key, signing_key_path
+from keel_shared import decisions, schedules
+from keel_shared.decisions import ensure_decision_keys, rotate_decision_key
+from keel_shared.schedules import ensure_schedule_keys, rotate_schedule_key
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
 from keel_shared.security import CLI, init_secure
@@ -120,11 +122,11 @@ def init(
         typer.echo(
             f"provisioned {s.EVENTS_STREAM}, {s.COMMANDS_STREAM}, {s.DLQ_STREAM}, {s.RUNS_BUCKET}, {s.CLAIMS_BUCKET}"
         )
-        signer = ensure_decision_keys(settings)
-        typer.echo(
-            f"approval decision key {signer.key_id}: {signing_key_path(settings)} (0600, the approval service's "
-            f"only); trusted by router and executors through {keyring_path(settings)}"
-        )
+        for what, signer, key, ring in (
+            ("approval decision", ensure_decision_keys(settings), decisions.signing_key_path, decisions.keyring_path),
+            ("router schedule", ensure_schedule_keys(settings), schedules.signing_key_path, schedules.keyring_path),
+        ):
+            typer.echo(f"{what} key {signer.key_id}: {key(settings)} (0600); its keyring {ring(settings)}")
 
     _run(go)
 
@@ -400,7 +402,10 @@ def watch(
         _run(go)
 
 
-keys_app = typer.Typer(help="The approval service's decision keys (docs/security.md).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The signing keys of the approval service (decisions) and the router (writes) (docs/security.md).",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -411,7 +416,17 @@ def keys_rotate_approval() -> None:
     and executors read the keyring again by themselves."""
     settings = KeelSettings()
     old, new = rotate_decision_key(settings)
-    typer.echo(f"retired {old}, now signing with {new}; keyring {keyring_path(settings)}")
+    typer.echo(f"retired {old}, now signing with {new}; keyring {decisions.keyring_path(settings)}")
+
+
+@keys_app.command("rotate-router")
+def keys_rotate_router() -> None:
+    """Give the router a new key for signing the writes it schedules. The old one is retired, not revoked:
+    writes it signed before now are still sent. Restart the router(s); executors read the keyring again by
+    themselves."""
+    settings = KeelSettings()
+    old, new = rotate_schedule_key(settings)
+    typer.echo(f"retired {old}, now signing with {new}; keyring {schedules.keyring_path(settings)}")
 
 
 def main() -> None:

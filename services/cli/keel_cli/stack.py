@@ -15,6 +15,7 @@ from pathlib import Path
 
 from keel_shared.connection import connect
 from keel_shared.decisions import ensure_decision_keys
+from keel_shared.schedules import ensure_schedule_keys
 from keel_shared.natsserver import NatsServer, free_port
 from keel_shared.provisioning import provision
 from keel_shared.security import SecureLayout, init_secure
@@ -188,8 +189,11 @@ class Stack:
             await provision(nc.jetstream(), settings)
         finally:
             await nc.close()
-        # The approval service's decision key and the keyring router and executors trust (decision 026).
-        ensure_decision_keys(settings.model_copy(update={"data_dir": self.data_dir}))
+        # The approval service's decision key, the router's schedule key, and the keyrings that list them
+        # (decision 026).
+        keys = settings.model_copy(update={"data_dir": self.data_dir})
+        ensure_decision_keys(keys)
+        ensure_schedule_keys(keys)
         for spec in self.specs:
             self._spawn(spec)
 

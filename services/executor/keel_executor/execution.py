@@ -38,7 +38,8 @@ from keel_executor.claims import Claims, ClaimState
 from keel_executor.errors import RefusedError, StepTimeoutError, ToolError, classify
 from keel_executor.tools.registry import Tool, ToolContext, ToolRegistry
 from keel_executor.verification import ReadBack, resolve_unknown, verify_before_resending
-from keel_shared.decisions import Verifier, grant_problem
+from keel_shared.decisions import grant_problem
+from keel_shared.keyrings import Verifier
 from keel_shared.logging import get_logger
 from keel_shared.metrics import UNVERIFIED_DECISIONS
 
@@ -104,10 +105,16 @@ class Executor:
         self._clock = clock
 
     async def execute(
-        self, cmd: ExecuteStep, scheduled_seq: int | None = None, first_delivery: bool = False
+        self,
+        cmd: ExecuteStep,
+        scheduled_seq: int | None = None,
+        first_delivery: bool = False,
+        distrust: str | None = None,
     ) -> ExecutionResult:
         """Run the attempt `cmd` (see the module docstring). `scheduled_seq` is the stream sequence of
-        its `step_scheduled` event; `first_delivery` says the attempt was never handed out before."""
+        its `step_scheduled` event; `first_delivery` says the attempt was never handed out before;
+        `distrust`, why its schedule is not the router's (decision 026): then a write is refused, its
+        refusal recorded as the attempt's outcome, and the tool never called."""
         write = cmd.body.side_effect == "write"
         state: ClaimState | None = None
         if write or not first_delivery:
@@ -124,7 +131,7 @@ class Executor:
         if write and scheduled_seq is not None and await self._outcomes.cancelled(cmd, scheduled_seq):
             log.info("write_not_started_run_cancelled", run_id=cmd.run_id, step_id=cmd.step_id, attempt=cmd.attempt)
             return ExecutionResult(None, None, state)
-        outcome = await self._run_tool(cmd, taken_over=state is ClaimState.TAKEN_OVER)
+        outcome = await self._run_tool(cmd, taken_over=state is ClaimState.TAKEN_OVER, distrust=distrust)
         seq = await self._outcomes.record(outcome, scheduled_seq)
         return ExecutionResult(outcome, seq, state)
 
@@ -170,7 +177,7 @@ class Executor:
             raise ToolError(f"{name} returned {type(output).__name__}, not an object")
         return output
 
-    async def _run_tool(self, cmd: ExecuteStep, taken_over: bool = False) -> Message:
+    async def _run_tool(self, cmd: ExecuteStep, taken_over: bool = False, distrust: str | None = None) -> Message:
         body = cmd.body
         started = self._clock()
         ctx = ToolContext(
@@ -185,6 +192,8 @@ class Executor:
             data_dir=self._data_dir,
         )
         try:
+            if distrust is not None and body.side_effect == "write":
+                raise RefusedError(f"this write was not scheduled by the router: {distrust}")
             if body.approved_payload_hash is not None or body.approval_ids:
                 self._check_grants(cmd)
             tool = self._tools.get(body.tool)

@@ -26,6 +26,8 @@ from keel_router.workflow.policy import CapHit
 from keel_shared.consuming import Redeliver
 from keel_shared.logging import bound_context, get_logger
 from keel_shared.publishing import refused_as_too_large
+from keel_shared.schedules import signed_writes
+from keel_shared.signing import Signer
 
 log = get_logger(__name__)
 
@@ -45,6 +47,8 @@ class Router:
         put_view: Callable[[RunView, bool], Awaitable[None]],
         runs_in_flight: RunsInFlight | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        schedule_signer: Signer,
     ) -> None:
         self._catalog = catalog
         self._runs = runs
@@ -54,6 +58,7 @@ class Router:
         # None: no limit on runs in flight (KEEL_MAX_RUNS_IN_FLIGHT=0).
         self._in_flight = runs_in_flight
         self._max_message_bytes = max_message_bytes
+        self._signer = schedule_signer
 
     def _workflow(self, name: str) -> Workflow:
         wf = self._catalog.get(name)
@@ -205,11 +210,12 @@ class Router:
     ) -> Transaction:
         chosen = decide
 
-        def decide_and_withdraw(state: RunState | None) -> Sequence[Message]:
-            # Every transition that ends a run also withdraws the approvals it still waits for.
-            return self._engine.with_withdrawals(state, chosen(state))
+        def decide_signed(state: RunState | None) -> Sequence[Message]:
+            # Every transition that ends a run also withdraws the approvals it still waits for, and every
+            # write it schedules is signed: executors send no other (decision 026).
+            return signed_writes(self._signer, self._engine.with_withdrawals(state, chosen(state)))
 
-        decide = decide_and_withdraw
+        decide = decide_signed
         try:
             return await self._runs.transact(workflow, run_id, decide, delivered, probably_new, trust_cache)
         except NatsError as exc:

@@ -25,8 +25,8 @@ from keel_contracts.codec import ContractViolation
 from keel_contracts.envelope import Message
 from keel_contracts.events import RunEvent
 from keel_router.aggregate import RunState, apply
-from keel_shared.decisions import Verifier
 from keel_shared.eventstore import BatchAlreadyStored, ConcurrencyConflict, EventStore
+from keel_shared.keyrings import Verifier
 from keel_shared.logging import get_logger
 from keel_shared.trust import check_decision, read_event
 

@@ -21,6 +21,7 @@ from keel_contracts.approvals import (
     proof_of,
 )
 from keel_contracts.codec import ContractViolation
+from keel_shared.decisions import proof_problem
 from keel_shared.signing import Signer
 from tests.conftest import trusting
 
@@ -259,8 +260,8 @@ async def test_a_grant_is_signed_by_the_service_key_over_the_write_it_unlocks(
 
     proof = proof_of(event)
     assert proof is not None and proof.approves_step == "issue_refund" and proof.key_id == DECISION_SIGNER.key_id
-    assert trusting(DECISION_SIGNER).problem(proof) is None
-    assert trusting(Signer.generate()).problem(proof) is not None
+    assert proof_problem(trusting(DECISION_SIGNER), proof) is None
+    assert proof_problem(trusting(Signer.generate()), proof) is not None
 
 
 async def test_a_request_withdrawn_by_its_runs_end_can_no_longer_be_decided(

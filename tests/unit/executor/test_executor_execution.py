@@ -345,3 +345,14 @@ async def test_a_payload_that_differs_from_its_approval_is_refused_before_the_to
     assert outcome.body.error_class is ErrorClass.REFUSED
     assert "ap-1" in outcome.body.message
     assert calls.calls == []
+
+
+async def test_a_write_whose_schedule_the_router_did_not_sign_is_refused_and_a_read_still_runs(
+    executor: Executor, make_command: MakeCommand, calls: ToolCalls
+):
+    refused = await executor.execute(gated(make_command, PAYLOAD, grant()), distrust="no router signature")
+    assert isinstance(refused.outcome, StepFailed) and refused.outcome.body.error_class is ErrorClass.REFUSED
+    assert "not scheduled by the router" in refused.outcome.body.message and calls.calls == []
+
+    read = await executor.execute(make_command(attempt=2), distrust="no router signature")
+    assert isinstance(read.outcome, StepSucceeded) and len(calls.calls) == 1

@@ -20,7 +20,7 @@ from keel_executor.errors import ToolError, TransientError, UnknownToolError, cl
 from keel_executor.execution import Executor
 from keel_executor.tools import demo
 from keel_executor.tools.registry import ToolContext, ToolRegistry
-from keel_shared.decisions import DecisionKeyring
+from keel_shared.keyrings import Keyring
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 
@@ -192,7 +192,12 @@ async def test_executor_retry_of_a_ledger_write_under_the_same_key_posts_once(
     ledger_dir: Path, make_command: Callable[..., ExecuteStep], claims: MemoryClaims, outcomes: MemoryOutcomes
 ):
     executor = Executor(
-        ToolRegistry({"demo.ledger": demo.ledger}), claims, outcomes, "ex-1", str(ledger_dir), DecisionKeyring()
+        ToolRegistry({"demo.ledger": demo.ledger}),
+        claims,
+        outcomes,
+        "ex-1",
+        str(ledger_dir),
+        Keyring("keel-approval-decisions"),
     )
 
     first = await executor.execute(make_command(tool="demo.ledger", input={"amount": 3}, attempt=1))
@@ -221,7 +226,12 @@ async def test_executor_reports_a_demo_fail_with_the_requested_class(
     make_command: Callable[..., ExecuteStep], claims: MemoryClaims, outcomes: MemoryOutcomes, tmp_path: Path
 ):
     executor = Executor(
-        ToolRegistry({"demo.fail": demo.fail}), claims, outcomes, "ex-1", str(tmp_path), DecisionKeyring()
+        ToolRegistry({"demo.fail": demo.fail}),
+        claims,
+        outcomes,
+        "ex-1",
+        str(tmp_path),
+        Keyring("keel-approval-decisions"),
     )
 
     result = await executor.execute(make_command(tool="demo.fail", input={"error_class": "business_rule"}))

@@ -12,6 +12,7 @@ from keel_contracts.events import RouteDecided, RunCancelled, RunCompleted, RunF
 from keel_contracts.runs import RunStatus
 from keel_router.engine import Engine
 from keel_router.workflow import Policy, Workflow
+from keel_shared.decisions import proof_problem
 from keel_shared.triggers import build_trigger
 from tests.conftest import TEST_DECISION_SIGNER, trusting
 
@@ -125,7 +126,7 @@ def test_a_grant_runs_the_write_with_the_approval_id_and_hash_in_its_attempt(eng
         "refund",
         payload_hash(attempt.body.input),
     )
-    assert trusting(TEST_DECISION_SIGNER).problem(proof) is None
+    assert proof_problem(trusting(TEST_DECISION_SIGNER), proof) is None
     run_log.append([succeeded(run_log.run, {"refund_id": "re_1"})])
     (done,) = run_log.append(engine.advance(run_log.run, REFUND, None))
     assert isinstance(done, RunCompleted) and done.body.output == {"refund": {"refund_id": "re_1"}}

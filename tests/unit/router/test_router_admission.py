@@ -22,9 +22,10 @@ from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
 from keel_router.workflow.loader import load_workflow_text
-from keel_shared.decisions import DecisionKeyring
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
+from keel_shared.keyrings import Keyring
 from keel_shared.triggers import build_trigger
+from tests.conftest import TEST_SCHEDULE_SIGNER
 
 PARK = load_workflow_text(
     """
@@ -169,12 +170,13 @@ def router_with(runs: RunsInFlight | None, store: MemoryStore, catalog: dict | N
 
     return Router(
         WorkflowCatalog.of(catalog or {"park": PARK}),
-        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
+        RunRepository(store, Keyring("keel-approval-decisions")),  # type: ignore[arg-type]
         Engine(lambda: datetime(2026, 1, 1, tzinfo=UTC)),
         publish,
         put_view,
         runs_in_flight=runs,
         max_message_bytes=store.max_bytes,
+        schedule_signer=TEST_SCHEDULE_SIGNER,
     )
 
 

@@ -19,9 +19,10 @@ from keel_router.engine import Effect, Engine
 from keel_router.router import Router
 from keel_router.runs import RunRepository
 from keel_router.workflow.loader import load_workflow_text
-from keel_shared.decisions import DecisionKeyring
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
+from keel_shared.keyrings import Keyring
 from keel_shared.triggers import build_trigger
+from tests.conftest import TEST_SCHEDULE_SIGNER
 
 WORKFLOW = load_workflow_text(
     """
@@ -74,10 +75,11 @@ async def test_effects_are_published_when_our_own_append_was_stored_but_its_ack_
 
     router = Router(
         WorkflowCatalog.of({"lossy": WORKFLOW}),
-        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
+        RunRepository(store, Keyring("keel-approval-decisions")),  # type: ignore[arg-type]
         Engine(lambda: datetime(2026, 1, 1, tzinfo=UTC)),
         publish,
         put_view,
+        schedule_signer=TEST_SCHEDULE_SIGNER,
     )
     state = await router.on_trigger(build_trigger("lossy", {}, "k-1"), redelivered=False)
     assert state is not None and state.in_flight is not None and state.in_flight.step_id == "one"

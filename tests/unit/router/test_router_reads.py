@@ -17,9 +17,11 @@ from keel_router.router import Router
 from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.workflow.loader import load_workflow_text
 from keel_router.workflow.models import Workflow
-from keel_shared.decisions import DecisionKeyring
+from keel_shared import keyrings, schedules
 from keel_shared.eventstore import ConcurrencyConflict, StoredEvent
+from keel_shared.keyrings import Keyring
 from keel_shared.triggers import build_trigger
+from tests.conftest import TEST_SCHEDULE_SIGNER
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WORKFLOW = load_workflow_text(
@@ -101,10 +103,11 @@ def make_router(store: CountingStore, workflow: Workflow = WORKFLOW) -> tuple[Ro
 
     router = Router(
         WorkflowCatalog.of({workflow.name: workflow}),
-        RunRepository(store, DecisionKeyring()),  # type: ignore[arg-type]
+        RunRepository(store, Keyring("keel-approval-decisions")),  # type: ignore[arg-type]
         Engine(lambda: T0),
         publish,
         put_view,
+        schedule_signer=TEST_SCHEDULE_SIGNER,
     )
     return router, published
 
@@ -273,3 +276,31 @@ async def test_a_second_trigger_for_a_run_under_way_joins_it_and_schedules_nothi
 
     assert [decode_event(e.data).type for _, e in store.events] == ["run_started", "trigger_joined"]
     assert state is not None and len(state.triggers) == 2
+
+
+WRITES = load_workflow_text(
+    """
+name: writes
+steps:
+  - {id: note, kind: tool, tool: demo.ledger, side_effect: write, input: {account: a, amount: 1}}
+  - {id: look, kind: tool, tool: demo.echo}
+""",
+    "writes.yaml",
+)
+
+
+async def test_every_write_the_router_schedules_is_signed_and_reads_are_not() -> None:
+    store = CountingStore()
+    router, _ = make_router(store, WRITES)
+    trusted = keyrings.trusting(schedules.PURPOSE, TEST_SCHEDULE_SIGNER)
+
+    state = await router.on_trigger(build_trigger("writes", {}, "k-1"), redelivered=False)
+    assert state is not None
+    await router.on_run_changed("writes", state.run_id, redelivered=False, delivered=None)
+    store.store(outcome_of(store))
+    await router.on_run_changed("writes", state.run_id, redelivered=False)
+
+    steps = [step for _, stored in store.events if (step := scheduled_step(decode_event(stored.data)))]
+    write, read = steps
+    assert write.body.side_effect == "write" and schedules.schedule_problem(trusted, write) is None
+    assert read.body.side_effect == "read" and read.body.signature is None
