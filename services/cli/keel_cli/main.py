@@ -24,12 +24,12 @@ from keel_contracts import subjects as s
 from keel_contracts.runs import RunStatus
 from keel_router.workflow import cli as workflow_cli
 from keel_sandbox import cli as sandbox_cli
-from keel_shared.connection import connect
 from keel_shared import decisions, schedules
+from keel_shared.connection import connect
 from keel_shared.decisions import ensure_decision_keys, rotate_decision_key
-from keel_shared.schedules import ensure_schedule_keys, rotate_schedule_key
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
+from keel_shared.schedules import ensure_schedule_keys, rotate_schedule_key
 from keel_shared.security import CLI, init_secure
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from keel_shared.connection import connect
 from keel_shared.decisions import ensure_decision_keys
-from keel_shared.schedules import ensure_schedule_keys
 from keel_shared.natsserver import NatsServer, free_port
 from keel_shared.provisioning import provision
+from keel_shared.schedules import ensure_schedule_keys
 from keel_shared.security import SecureLayout, init_secure
 from keel_shared.settings import KeelSettings
 
