@@ -203,19 +203,15 @@ class Router:
         self,
         workflow: str,
         run_id: str,
-        decide: Decide,
+        chosen: Decide,
         delivered: Delivered | None,
         probably_new: bool = False,
         trust_cache: bool = False,
     ) -> Transaction:
-        chosen = decide
-
-        def decide_signed(state: RunState | None) -> Sequence[Message]:
+        def decide(state: RunState | None) -> Sequence[Message]:
             # Every transition that ends a run also withdraws the approvals it still waits for, and every
             # write it schedules is signed: executors send no other (decision 026).
             return signed_writes(self._signer, self._engine.with_withdrawals(state, chosen(state)))
-
-        decide = decide_signed
         try:
             return await self._runs.transact(workflow, run_id, decide, delivered, probably_new, trust_cache)
         except NatsError as exc:
