@@ -35,7 +35,7 @@ from keel_shared.signing import (
     key_id_of,
     signer_from_text,
     verify_signature,
-    write_private_key,
+    write_private_seed,
 )
 
 
@@ -185,7 +185,7 @@ def ensure_signing_key(key_path: Path, keyring_path: Path, purpose: str) -> Sign
         key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Another process may have made it first: then that one is used.
         with contextlib.suppress(FileExistsError):
-            write_private_key(Signer.generate(), key_path)
+            write_private_seed(Signer.generate(), key_path)
     signer = signer_from_text(key_path.read_text("ascii"))
     keyring = load_keyring(keyring_path, purpose)
     if not keyring.holds(signer.key_id):

@@ -7,16 +7,19 @@ refusal is counted (`keel_wrong_emitter_total`, `keel_unverified_decisions_total
 subject.
 """
 
+from typing import TYPE_CHECKING
+
 from keel_contracts import subjects as s
 from keel_contracts.approvals import ApprovalDenied, ApprovalGranted
 from keel_contracts.codec import DEFAULT_MAX_MESSAGE_BYTES, ContractViolation, WrongEmitter, decode_event
 from keel_contracts.envelope import Message
 from keel_contracts.events import RunEvent
 from keel_contracts.topology import EMITTER_OF
-from keel_shared.decisions import decision_problem
-from keel_shared.keyrings import Verifier
 from keel_shared.logging import get_logger
 from keel_shared.metrics import UNVERIFIED_DECISIONS, WRONG_EMITTER
+
+if TYPE_CHECKING:
+    from keel_shared.keyrings import Verifier
 
 log = get_logger(__name__)
 
@@ -52,10 +55,13 @@ def read_event(service: str, subject: str, data: bytes, max_bytes: int = DEFAULT
         raise
 
 
-def check_decision(service: str, keyring: Verifier, subject: str, event: Message) -> None:
+def check_decision(service: str, keyring: "Verifier", subject: str, event: Message) -> None:
     """Raise `UnverifiedDecision` (counted, logged) for a grant or denial whose signature does not verify."""
     if not isinstance(event, ApprovalGranted | ApprovalDenied):
         return
+    # Imported here: a service that only reads events (the dashboard) never loads the signature library.
+    from keel_shared.decisions import decision_problem
+
     problem = decision_problem(keyring, event)
     if problem is not None:
         UNVERIFIED_DECISIONS.labels(service).inc()

@@ -212,6 +212,7 @@ class Router:
             # Every transition that ends a run also withdraws the approvals it still waits for, and every
             # write it schedules is signed: executors send no other (decision 026).
             return signed_writes(self._signer, self._engine.with_withdrawals(state, chosen(state)))
+
         try:
             return await self._runs.transact(workflow, run_id, decide, delivered, probably_new, trust_cache)
         except NatsError as exc:
