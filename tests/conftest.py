@@ -75,12 +75,12 @@ class StackHandle:
     def decision_signer(self) -> Signer:
         """The stack's approval decision key (what `keel up` created), for tests that play the approval
         service."""
-        return signer_from_text((self.data_dir / "keys" / "approval-signing.pem").read_text())
+        return signer_from_text((self.data_dir / "keys" / "approval-signing.key").read_text())
 
     @property
     def schedule_signer(self) -> Signer:
         """The stack's router schedule key, for tests that play the router."""
-        return signer_from_text((self.data_dir / "keys" / "router-signing.pem").read_text())
+        return signer_from_text((self.data_dir / "keys" / "router-signing.key").read_text())
 
     async def client(self) -> KeelClient:
         return await KeelClient.connect(self.nats_url)

@@ -19,7 +19,7 @@ PURPOSE = "keel-approval-decisions"
 
 
 def signing_key_path(settings: KeelSettings) -> Path:
-    return settings.approval_signing_key_file or settings.data_dir / "keys" / "approval-signing.pem"
+    return settings.approval_signing_key_file or settings.data_dir / "keys" / "approval-signing.key"
 
 
 def keyring_path(settings: KeelSettings) -> Path:

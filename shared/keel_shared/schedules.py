@@ -22,7 +22,7 @@ PURPOSE = "keel-router-schedules"
 
 
 def signing_key_path(settings: KeelSettings) -> Path:
-    return settings.router_signing_key_file or settings.data_dir / "keys" / "router-signing.pem"
+    return settings.router_signing_key_file or settings.data_dir / "keys" / "router-signing.key"
 
 
 def keyring_path(settings: KeelSettings) -> Path:

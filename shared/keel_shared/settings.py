@@ -87,13 +87,13 @@ class KeelSettings(BaseSettings):
     approval_cookie_secure: bool = False
     approval_session_hours: float = Field(default=8, gt=0, le=24 * 30)
     # The approval service's Ed25519 key for signing decisions (PEM, 0600); unset means
-    # <data_dir>/keys/approval-signing.pem, created by `keel init` or the service's first start.
+    # <data_dir>/keys/approval-signing.key, created by `keel init` or the service's first start.
     approval_signing_key_file: Path | None = None
     # The keys whose signed grants the router and executors accept; unset means
     # <data_dir>/keys/approval-keyring.json (docs/security.md, "Signed decisions").
     approval_keyring_file: Path | None = None
     # The router's Ed25519 key for signing the writes it schedules (PEM, 0600); unset means
-    # <data_dir>/keys/router-signing.pem, created by `keel init` or the router's first start.
+    # <data_dir>/keys/router-signing.key, created by `keel init` or the router's first start.
     router_signing_key_file: Path | None = None
     # The keys whose signed write schedules executors accept; unset means <data_dir>/keys/router-keyring.json.
     router_keyring_file: Path | None = None
