@@ -12,7 +12,7 @@ from keel_approval.approvers import ApproverDirectory
 from keel_approval.db import Database, database_url
 from keel_approval.records import ApprovalRecord
 from keel_approval.service import ApprovalService
-from keel_approval.store import ApprovalStore, TooEarly
+from keel_approval.store import ApprovalStore, TooEarly, UnknownApproval
 from keel_approval.stream import read_approval_events
 from keel_approval.throttle import GuessThrottle
 from keel_approval.timers import ApprovalExpiryDue, expiry_timer
@@ -33,6 +33,9 @@ from keel_shared.settings import KeelSettings
 from keel_shared.trust import read_event
 
 log = get_logger(__name__)
+
+#: How often a withdrawal whose request is not stored yet is tried before it is dropped.
+WITHDRAWAL_TRIES = 4
 
 #: What the approval service's durable delivers from the run stream (`keel_contracts.topology`).
 _RUN_EVENTS: TypeAdapter[ApprovalRequested | ApprovalWithdrawn] = TypeAdapter(
@@ -110,7 +113,14 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
     async def on_request(event: ApprovalRequested | ApprovalWithdrawn) -> None:
         with bound_context(run_id=event.run_id, approval_id=event.body.approval_id):
             if isinstance(event, ApprovalWithdrawn):
-                await service.on_withdrawn(event)
+                try:
+                    await service.on_withdrawn(event)
+                except UnknownApproval as exc:
+                    # Its request precedes it in the stream but may be handled a moment later (the durable
+                    # hands out several messages at once); after a few tries it never came: nothing to withdraw.
+                    if (current_message().metadata.num_delivered or 1) < WITHDRAWAL_TRIES:
+                        raise Redeliver(1.0, "withdrawal of an approval whose request is not stored yet") from exc
+                    log.warning("withdrawal_of_unknown_approval", approval_id=event.body.approval_id)
                 return
             await service.on_requested(event, current_message().stream_seq or 0)
 

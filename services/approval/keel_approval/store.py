@@ -50,6 +50,10 @@ class Decided:
     event: ApprovalGranted | ApprovalDenied | None
 
 
+class UnknownApproval(Exception):
+    """An event names an approval this store has no request for (yet)."""
+
+
 class TooEarly(Exception):
     """An expiry timer fired before the approval's expiry (schedules fire on whole seconds)."""
 
@@ -201,7 +205,11 @@ class ApprovalStore:
         return True
 
     def apply_withdrawn(self, event: ApprovalWithdrawn) -> ApprovalRecord | None:
+        """The withdrawn record, or None when a decision came first; `UnknownApproval` when no request
+        for it is stored (its request may still be on its way: the consumer handles messages at once)."""
         with self.db.sessions.begin() as session:
+            if session.get(ApprovalRow, event.body.approval_id) is None:
+                raise UnknownApproval(event.body.approval_id)
             return self._apply_withdrawn(session, event)
 
     def _apply_withdrawn(self, session: Session, event: ApprovalWithdrawn) -> ApprovalRecord | None:

@@ -10,7 +10,7 @@ from approval_testkit import DECISION_SIGNER, REFUND, T0, Clock, Outbox, request
 
 from keel_approval.domain import Approver, Conflict, Forbidden, Invalid, NotFound, Status
 from keel_approval.service import ApprovalService
-from keel_approval.store import ApprovalStore, TooEarly
+from keel_approval.store import ApprovalStore, TooEarly, UnknownApproval
 from keel_contracts.approvals import (
     ApprovalDenied,
     ApprovalExpired,
@@ -302,3 +302,11 @@ async def test_a_rebuilt_store_keeps_withdrawals(service: ApprovalService) -> No
     await service.rebuild([(1, request()), (2, withdrawal())], wipe=True)
 
     assert service.store.get("appr-1").status is Status.WITHDRAWN  # type: ignore[union-attr]
+
+
+async def test_a_withdrawal_whose_request_is_not_stored_yet_says_so(service: ApprovalService) -> None:
+    # The consumer retries it (the request is earlier in the stream, handled a moment later).
+    with pytest.raises(UnknownApproval):
+        await service.on_withdrawn(withdrawal())
+    await service.on_requested(request(), seq=1)
+    assert (await service.on_withdrawn(withdrawal())) is not None
