@@ -32,6 +32,7 @@ from keel_audit.store import AuditDirectory, DirectorySegmentStore, SegmentStore
 from keel_audit.verify import Kind, Problem, Severity, Verdict, verify_log
 from keel_audit.writer import SegmentWriter
 from keel_contracts.subjects import EVENTS_STREAM
+from keel_shared import decisions, keyrings
 from keel_shared.connection import connect
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
@@ -319,11 +320,22 @@ def show(
     bucket: BucketOption = None,
     nats_url: NatsUrlOption = DEFAULT_NATS_URL,
     keyring_path: KeyringOption = None,
+    approval_keyring: Annotated[
+        Path | None,
+        typer.Option(
+            "--approval-keyring",
+            help="The approval keyring to check decisions' signatures with (default: KEEL_APPROVAL_KEYRING_FILE; "
+            "without either, signatures are reported as not checked).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Rebuild one run from the segments alone: trigger, decisions and why, attempts, approvals, writes,
     final state, and whether every record of it verified. Exit 0 verified, 2 tampered, 3 incomplete,
     1 no such run (or an error)."""
+    ring = approval_keyring or KeelSettings().approval_keyring_file
+    if ring is not None and not ring.exists():
+        raise _fail(f"no approval keyring at {ring}")
     try:
         with _open_log(directory, bucket, nats_url) as log:
             keyring, _ = log.keyring(keyring_path)
@@ -333,7 +345,11 @@ def show(
             log_verdict = verify_log(log.store, keyring).verdict
     except AuditError as exc:
         raise _fail(str(exc)) from exc
-    report = collect(run_id, rows, log_verdict)
+    try:
+        verifier = None if ring is None else keyrings.load_keyring(ring, decisions.PURPOSE)
+    except keyrings.KeyringError as exc:
+        raise _fail(str(exc)) from exc
+    report = collect(run_id, rows, log_verdict, verifier)
     if not report.events:
         raise _fail(f"no records of run {run_id} in the audit log")
     doc = report.to_json()

@@ -25,9 +25,12 @@ from pydantic import BaseModel, ValidationError
 from keel_audit.reconstruct import RunRecord
 from keel_audit.records import EVENT, GAP, subject_tokens
 from keel_audit.verify import Verdict
+from keel_contracts.approvals import ApprovalDenied, ApprovalGranted
 from keel_contracts.envelope import Message
 from keel_contracts.events import EVENT_TYPES, unpacked
 from keel_contracts.topology import emitter_problem
+from keel_shared.decisions import decision_problem
+from keel_shared.keyrings import Verifier
 
 REPORT_VERSION = 1
 FINAL_STATUS = {
@@ -67,6 +70,8 @@ class RunReport:
     events: list[_Event] = field(default_factory=list)
     gaps: list[RunRecord] = field(default_factory=list)
     others: list[RunRecord] = field(default_factory=list)
+    #: Whether approval decisions' signatures were checked against a keyring.
+    checked_signatures: bool = False
 
     @property
     def records(self) -> list[RunRecord]:
@@ -106,8 +111,16 @@ def _decode(record: dict[str, Any], event_type: str) -> Message | None:
         return None
 
 
-def collect(run_id: str, rows: Iterable[RunRecord], log_verdict: Verdict = Verdict.VALID) -> RunReport:
-    report = RunReport(run_id, log_verdict)
+def collect(
+    run_id: str,
+    rows: Iterable[RunRecord],
+    log_verdict: Verdict = Verdict.VALID,
+    decisions: Verifier | None = None,
+) -> RunReport:
+    """The run's report from its log records. With the approval keyring (`decisions`), a grant or denial
+    whose signature does not verify is rejected like an event from the wrong emitter: the router never
+    folded it either (decision 026). Without one, each decision says its signature was not checked."""
+    report = RunReport(run_id, log_verdict, checked_signatures=decisions is not None)
     for row in rows:
         if row.kind == GAP:
             report.gaps.append(row)
@@ -118,6 +131,8 @@ def collect(run_id: str, rows: Iterable[RunRecord], log_verdict: Verdict = Verdi
             event_type = row.event_type
             message = _decode(row.record, event_type)
             rejected = emitter_problem(subject, message.type if message else None) if isinstance(subject, str) else None
+            if rejected is None and decisions is not None and isinstance(message, ApprovalGranted | ApprovalDenied):
+                rejected = decision_problem(decisions, message)
             report.events.append(_Event(row, row.seq, row.time, event_type, emitter, message, rejected))
         else:
             report.others.append(row)  # erasures of this run's payloads
@@ -255,6 +270,8 @@ def build_json(report: RunReport) -> dict[str, Any]:
                         "decided_payload_hash": body.payload_hash,
                         "hash_matches": body.payload_hash == entry.get("payload_hash"),
                         "reason": body.reason,
+                        "signed_by": body.key_id,
+                        "signature": "verified" if report.checked_signatures else "not checked",
                     }
                 )
         if msg.type in FINAL_STATUS:

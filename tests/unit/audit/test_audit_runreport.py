@@ -35,6 +35,10 @@ from keel_contracts.events import (
     StepSucceeded,
     StepSucceededBody,
 )
+from keel_shared import decisions
+from keel_shared.decisions import ensure_decision_keys, sign_decision
+from keel_shared.settings import KeelSettings
+from keel_shared.signing import Signer
 
 RUN = "rgated"
 PAYLOAD = {"title": "Refund 42 EUR", "amount": 42}
@@ -232,3 +236,30 @@ def test_show_lists_an_event_from_the_wrong_emitter_as_rejected_and_never_uses_i
     assert [t["rejected"] for t in doc["timeline"] if t["seq"] == 3] == [rejected["why"]]
     text = runner.invoke(app, ["show", RUN, "--dir", str(log.root)]).output
     assert "Rejected" in text and "executor" in text
+
+
+def test_show_with_the_approval_keyring_rejects_a_grant_whose_signature_does_not_verify(tmp_path: Path) -> None:
+    approval = Signer.generate()
+    settings = KeelSettings(data_dir=tmp_path / "keel", approval_signing_key_file=tmp_path / "keel" / "a.key")
+    signer = ensure_decision_keys(settings)
+    assert signer.key_id
+    events = _events()
+    index, (_, grant) = next((i, pair) for i, pair in enumerate(events) if pair[0] == "approval")
+    assert isinstance(grant, ApprovalGranted)
+    events[index] = ("approval", sign_decision(approval, grant, "create"))  # signed, by a key nobody trusts
+    log = _log(tmp_path, events)
+    ring = str(decisions.keyring_path(settings))
+
+    doc = json.loads(
+        runner.invoke(app, ["show", RUN, "--dir", str(log.root), "--json", "--approval-keyring", ring]).output
+    )
+
+    assert [r["type"] for r in doc["rejected"]] == ["approval_granted"] and "does not hold" in doc["rejected"][0]["why"]
+    assert doc["approvals"][0]["decision"] == "pending"
+    events[index] = ("approval", sign_decision(signer, grant, "create"))
+    trusted = _log(tmp_path / "again", events)
+    doc = json.loads(
+        runner.invoke(app, ["show", RUN, "--dir", str(trusted.root), "--json", "--approval-keyring", ring]).output
+    )
+    assert doc["rejected"] == [] and doc["approvals"][0]["signature"] == "verified"
+    assert doc["approvals"][0]["signed_by"] == signer.key_id
