@@ -8,37 +8,15 @@ and keyring files are described in `keel_shared.keyrings`; `keel keys rotate-app
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from keel_contracts.approvals import ApprovalDenied, ApprovalGranted, DecisionProof, proof_of, unsigned_proof
-from keel_shared.keyrings import KeyringFile, Verifier, ensure_signing_key, rotate_signing_key, sign
-from keel_shared.settings import KeelSettings
+from keel_shared.keyrings import SignerKeys, Verifier, sign
 from keel_shared.signing import Signer
 
 PURPOSE = "keel-approval-decisions"
-
-
-def signing_key_path(settings: KeelSettings) -> Path:
-    return settings.approval_signing_key_file or settings.data_dir / "keys" / "approval-signing.key"
-
-
-def keyring_path(settings: KeelSettings) -> Path:
-    return settings.approval_keyring_file or settings.data_dir / "keys" / "approval-keyring.json"
-
-
-def decision_keyring(settings: KeelSettings) -> KeyringFile:
-    """The approval keys this process trusts (read again when a decision names an unknown key id)."""
-    return KeyringFile(keyring_path(settings), PURPOSE)
-
-
-def ensure_decision_keys(settings: KeelSettings) -> Signer:
-    """The approval service's signing key, created when missing, and listed in the keyring. `keel init`
-    and `keel up` call it; so does the approval service."""
-    return ensure_signing_key(signing_key_path(settings), keyring_path(settings), PURPOSE)
-
-
-def rotate_decision_key(settings: KeelSettings) -> tuple[str, str]:
-    return rotate_signing_key(signing_key_path(settings), keyring_path(settings), PURPOSE)
+#: The approval service's signing key and the keyring router and executors trust.
+KEYS = SignerKeys(
+    PURPOSE, "approval_signing_key_file", "approval_keyring_file", "approval-signing.key", "approval-keyring.json"
+)
 
 
 def sign_decision(

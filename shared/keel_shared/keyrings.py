@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from keel_shared.settings import KeelSettings
 from keel_shared.signing import (
     Signer,
     decode_public_key,
@@ -192,6 +193,38 @@ def ensure_signing_key(key_path: Path, keyring_path: Path, purpose: str) -> Sign
         added = TrustedKey(signer.key_id, signer.public_key, datetime.now(UTC))
         _write_keyring(keyring_path, Keyring(purpose, (*keyring.keys, added), keyring_path))
     return signer
+
+
+@dataclass(frozen=True)
+class SignerKeys:
+    """Where one signing service's key and keyring live: a setting each (`KeelSettings` field names),
+    defaulting to files under `<data dir>/keys`."""
+
+    purpose: str
+    key_setting: str
+    keyring_setting: str
+    key_name: str
+    keyring_name: str
+
+    def key_path(self, settings: KeelSettings) -> Path:
+        path: Path | None = getattr(settings, self.key_setting)
+        return path or settings.data_dir / "keys" / self.key_name
+
+    def keyring_path(self, settings: KeelSettings) -> Path:
+        path: Path | None = getattr(settings, self.keyring_setting)
+        return path or settings.data_dir / "keys" / self.keyring_name
+
+    def keyring(self, settings: KeelSettings) -> KeyringFile:
+        """The keys a verifier trusts (read again when a signature names an unknown key id)."""
+        return KeyringFile(self.keyring_path(settings), self.purpose)
+
+    def ensure(self, settings: KeelSettings) -> Signer:
+        """The signing key, created when missing, and listed in its keyring (`keel init`, `keel up` and
+        the signing service's start call it)."""
+        return ensure_signing_key(self.key_path(settings), self.keyring_path(settings), self.purpose)
+
+    def rotate(self, settings: KeelSettings) -> tuple[str, str]:
+        return rotate_signing_key(self.key_path(settings), self.keyring_path(settings), self.purpose)
 
 
 def rotate_signing_key(key_path: Path, keyring_path: Path, purpose: str) -> tuple[str, str]:

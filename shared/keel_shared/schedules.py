@@ -10,36 +10,17 @@ router's token (decision 026). Key and keyring files: `keel_shared.keyrings`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from keel_contracts.envelope import Message
 from keel_contracts.events import RunStarted, StepScheduled
-from keel_shared.keyrings import KeyringFile, Verifier, ensure_signing_key, rotate_signing_key, sign
-from keel_shared.settings import KeelSettings
+from keel_shared.keyrings import SignerKeys, Verifier, sign
 from keel_shared.signing import Signer
 
 PURPOSE = "keel-router-schedules"
-
-
-def signing_key_path(settings: KeelSettings) -> Path:
-    return settings.router_signing_key_file or settings.data_dir / "keys" / "router-signing.key"
-
-
-def keyring_path(settings: KeelSettings) -> Path:
-    return settings.router_keyring_file or settings.data_dir / "keys" / "router-keyring.json"
-
-
-def schedule_keyring(settings: KeelSettings) -> KeyringFile:
-    return KeyringFile(keyring_path(settings), PURPOSE)
-
-
-def ensure_schedule_keys(settings: KeelSettings) -> Signer:
-    """The router's signing key, created when missing, and listed in the router keyring."""
-    return ensure_signing_key(signing_key_path(settings), keyring_path(settings), PURPOSE)
-
-
-def rotate_schedule_key(settings: KeelSettings) -> tuple[str, str]:
-    return rotate_signing_key(signing_key_path(settings), keyring_path(settings), PURPOSE)
+#: The router's signing key and the keyring executors trust.
+KEYS = SignerKeys(
+    PURPOSE, "router_signing_key_file", "router_keyring_file", "router-signing.key", "router-keyring.json"
+)
 
 
 def sign_schedule(signer: Signer, event: StepScheduled) -> StepScheduled:

@@ -22,8 +22,8 @@ from keel_contracts import timers as t
 from keel_contracts.approvals import ApprovalRequested, ApprovalWithdrawn
 from keel_contracts.codec import ContractViolation, decode, decode_with
 from keel_contracts.envelope import Message
+from keel_shared import decisions
 from keel_shared.consuming import Redeliver, current_message
-from keel_shared.decisions import ensure_decision_keys
 from keel_shared.eventstore import EventStore
 from keel_shared.http import EmbeddedServer, start_embedded
 from keel_shared.logging import bound_context, get_logger
@@ -65,7 +65,7 @@ def build(settings: KeelSettings) -> ApprovalRuntime:
         return datetime.now(UTC)
 
     # Its decisions are signed with this key; the router and executors trust its public key (decision 026).
-    store = ApprovalStore(db, clock, ensure_decision_keys(settings))
+    store = ApprovalStore(db, clock, decisions.KEYS.ensure(settings))
     directory = ApproverDirectory(db, clock)
     events: EventStore | None = None
 

@@ -26,10 +26,8 @@ from keel_router.workflow import cli as workflow_cli
 from keel_sandbox import cli as sandbox_cli
 from keel_shared import decisions, schedules
 from keel_shared.connection import connect
-from keel_shared.decisions import ensure_decision_keys, rotate_decision_key
 from keel_shared.natsserver import NatsServerError
 from keel_shared.provisioning import provision
-from keel_shared.schedules import ensure_schedule_keys, rotate_schedule_key
 from keel_shared.security import CLI, init_secure
 from keel_shared.settings import DEFAULT_NATS_URL, KeelSettings
 
@@ -122,11 +120,12 @@ def init(
         typer.echo(
             f"provisioned {s.EVENTS_STREAM}, {s.COMMANDS_STREAM}, {s.DLQ_STREAM}, {s.RUNS_BUCKET}, {s.CLAIMS_BUCKET}"
         )
-        for what, signer, key, ring in (
-            ("approval decision", ensure_decision_keys(settings), decisions.signing_key_path, decisions.keyring_path),
-            ("router schedule", ensure_schedule_keys(settings), schedules.signing_key_path, schedules.keyring_path),
-        ):
-            typer.echo(f"{what} key {signer.key_id}: {key(settings)} (0600); its keyring {ring(settings)}")
+        for what, keys in (("approval decision", decisions.KEYS), ("router schedule", schedules.KEYS)):
+            signer = keys.ensure(settings)
+            typer.echo(
+                f"{what} key {signer.key_id}: {keys.key_path(settings)} (0600); its keyring "
+                f"{keys.keyring_path(settings)}"
+            )
 
     _run(go)
 
@@ -415,8 +414,8 @@ def keys_rotate_approval() -> None:
     before now still unlock their writes. Restart the approval service to sign with the new key; router
     and executors read the keyring again by themselves."""
     settings = KeelSettings()
-    old, new = rotate_decision_key(settings)
-    typer.echo(f"retired {old}, now signing with {new}; keyring {decisions.keyring_path(settings)}")
+    old, new = decisions.KEYS.rotate(settings)
+    typer.echo(f"retired {old}, now signing with {new}; keyring {decisions.KEYS.keyring_path(settings)}")
 
 
 @keys_app.command("rotate-router")
@@ -425,8 +424,8 @@ def keys_rotate_router() -> None:
     writes it signed before now are still sent. Restart the router(s); executors read the keyring again by
     themselves."""
     settings = KeelSettings()
-    old, new = rotate_schedule_key(settings)
-    typer.echo(f"retired {old}, now signing with {new}; keyring {schedules.keyring_path(settings)}")
+    old, new = schedules.KEYS.rotate(settings)
+    typer.echo(f"retired {old}, now signing with {new}; keyring {schedules.KEYS.keyring_path(settings)}")
 
 
 def main() -> None:

@@ -13,11 +13,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keel_shared import decisions, schedules
 from keel_shared.connection import connect
-from keel_shared.decisions import ensure_decision_keys
 from keel_shared.natsserver import NatsServer, free_port
 from keel_shared.provisioning import provision
-from keel_shared.schedules import ensure_schedule_keys
 from keel_shared.security import SecureLayout, init_secure
 from keel_shared.settings import KeelSettings
 
@@ -192,8 +191,8 @@ class Stack:
         # The approval service's decision key, the router's schedule key, and the keyrings that list them
         # (decision 026).
         keys = settings.model_copy(update={"data_dir": self.data_dir})
-        ensure_decision_keys(keys)
-        ensure_schedule_keys(keys)
+        decisions.KEYS.ensure(keys)
+        schedules.KEYS.ensure(keys)
         for spec in self.specs:
             self._spawn(spec)
 

@@ -17,12 +17,12 @@ from keel_executor.execution import Executor
 from keel_executor.metrics import ATTEMPTS, TOOL_SECONDS
 from keel_executor.outcomes import StreamOutcomes
 from keel_executor.tools.registry import ToolRegistry
+from keel_shared import decisions, schedules
 from keel_shared.consuming import Delivery, Redeliver, current_message, redelivered
-from keel_shared.decisions import decision_keyring
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import bound_context, get_logger
 from keel_shared.metrics import UNVERIFIED_SCHEDULES
-from keel_shared.schedules import schedule_keyring, schedule_problem
+from keel_shared.schedules import schedule_problem
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
 
@@ -46,9 +46,9 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     registry = tools or ToolRegistry.from_entry_points()
     executor: Executor | None = None
     # The keys whose signed grants may unlock a write (decision 026); read again on an unknown key id.
-    keyring = decision_keyring(settings)
+    keyring = decisions.KEYS.keyring(settings)
     # Only the router's signed schedules of writes are sent (decision 026).
-    schedules = schedule_keyring(settings)
+    router_keys = schedules.KEYS.keyring(settings)
 
     async def claims() -> KvClaims:
         return KvClaims(await runtime.kv(s.CLAIMS_BUCKET))
@@ -87,7 +87,7 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
         if scheduled is None:
             return  # a run whose first step is not a tool step: nothing to run here
         cmd = execute_step_for(scheduled)
-        distrust = schedule_problem(schedules, scheduled)
+        distrust = schedule_problem(router_keys, scheduled)
         if distrust is not None:
             UNVERIFIED_SCHEDULES.labels(s.EXECUTOR).inc()
             log.warning("unverified_schedule", run_id=cmd.run_id, step_id=cmd.step_id, detail=distrust)

@@ -19,12 +19,11 @@ from keel_router.router import Router
 from keel_router.runs import Delivered, RunRepository, checked_follows
 from keel_router.views import ViewWriter
 from keel_router.workflow.policy import Policy, load_policy
+from keel_shared import decisions, schedules
 from keel_shared.consuming import current_message, redelivered
-from keel_shared.decisions import decision_keyring
 from keel_shared.eventstore import EventStore
 from keel_shared.logging import get_logger
 from keel_shared.publishing import publish_with_retry
-from keel_shared.schedules import ensure_schedule_keys
 from keel_shared.service import ServiceRuntime
 from keel_shared.settings import KeelSettings
 from keel_shared.trust import check_decision
@@ -43,9 +42,9 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     router: Router | None = None
     in_flight = count_runs_in_flight(runtime)
     # The keys whose signed decisions may unlock a write (decision 026); read again on an unknown key id.
-    keyring = decision_keyring(settings)
+    keyring = decisions.KEYS.keyring(settings)
     # It signs every write it schedules; executors send only those (decision 026).
-    schedule_signer = ensure_schedule_keys(settings)
+    schedule_signer = schedules.KEYS.ensure(settings)
 
     async def publish(effect: Effect) -> None:
         headers = {"Nats-Msg-Id": effect.dedupe_key, **(effect.headers or {})}

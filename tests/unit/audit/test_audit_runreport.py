@@ -36,7 +36,7 @@ from keel_contracts.events import (
     StepSucceededBody,
 )
 from keel_shared import decisions
-from keel_shared.decisions import ensure_decision_keys, sign_decision
+from keel_shared.decisions import sign_decision
 from keel_shared.settings import KeelSettings
 from keel_shared.signing import Signer
 
@@ -241,14 +241,14 @@ def test_show_lists_an_event_from_the_wrong_emitter_as_rejected_and_never_uses_i
 def test_show_with_the_approval_keyring_rejects_a_grant_whose_signature_does_not_verify(tmp_path: Path) -> None:
     approval = Signer.generate()
     settings = KeelSettings(data_dir=tmp_path / "keel", approval_signing_key_file=tmp_path / "keel" / "a.key")
-    signer = ensure_decision_keys(settings)
+    signer = decisions.KEYS.ensure(settings)
     assert signer.key_id
     events = _events()
     index, (_, grant) = next((i, pair) for i, pair in enumerate(events) if pair[0] == "approval")
     assert isinstance(grant, ApprovalGranted)
     events[index] = ("approval", sign_decision(approval, grant, "create"))  # signed, by a key nobody trusts
     log = _log(tmp_path, events)
-    ring = str(decisions.keyring_path(settings))
+    ring = str(decisions.KEYS.keyring_path(settings))
 
     doc = json.loads(
         runner.invoke(app, ["show", RUN, "--dir", str(log.root), "--json", "--approval-keyring", ring]).output

@@ -69,22 +69,32 @@ def test_a_start_carrying_a_write_as_its_first_step_carries_it_signed() -> None:
 
 def test_a_retired_key_verifies_what_it_signed_before_and_nothing_after(tmp_path: Path) -> None:
     settings = KeelSettings(data_dir=tmp_path)
-    first = schedules.ensure_schedule_keys(settings)
+    first = schedules.KEYS.ensure(settings)
     before = schedules.sign_schedule(first, step())
-    old, new = schedules.rotate_schedule_key(settings)
+    old, new = schedules.KEYS.rotate(settings)
     assert old == first.key_id and new != old
-    ring = keyrings.load_keyring(schedules.keyring_path(settings), schedules.PURPOSE)
+    ring = keyrings.load_keyring(schedules.KEYS.keyring_path(settings), schedules.PURPOSE)
     assert schedules.schedule_problem(ring, before) is None
     late = step().model_copy(update={"occurred_at": datetime.now(UTC) + timedelta(minutes=1)})
     assert "after it was retired" in (schedules.schedule_problem(ring, schedules.sign_schedule(first, late)) or "")
-    assert (
-        schedules.schedule_problem(ring, schedules.sign_schedule(schedules.ensure_schedule_keys(settings), step()))
-        is None
-    )
+    assert schedules.schedule_problem(ring, schedules.sign_schedule(schedules.KEYS.ensure(settings), step())) is None
 
 
 def test_a_keyring_of_another_purpose_is_refused(tmp_path: Path) -> None:
     settings = KeelSettings(data_dir=tmp_path)
-    schedules.ensure_schedule_keys(settings)
+    schedules.KEYS.ensure(settings)
     with pytest.raises(keyrings.KeyringError, match="keel-approval-decisions"):
-        keyrings.load_keyring(schedules.keyring_path(settings), "keel-approval-decisions")
+        keyrings.load_keyring(schedules.KEYS.keyring_path(settings), "keel-approval-decisions")
+
+
+def test_each_signers_key_and_keyring_follow_their_settings(tmp_path: Path) -> None:
+    from keel_shared import decisions
+
+    for keys in (decisions.KEYS, schedules.KEYS):
+        assert {keys.key_setting, keys.keyring_setting} <= set(KeelSettings.model_fields)
+        defaults = KeelSettings(data_dir=tmp_path)
+        assert keys.key_path(defaults).parent == keys.keyring_path(defaults).parent == tmp_path / "keys"
+        moved = KeelSettings(
+            data_dir=tmp_path, **{keys.key_setting: tmp_path / "k", keys.keyring_setting: tmp_path / "r"}
+        )
+        assert (keys.key_path(moved), keys.keyring_path(moved)) == (tmp_path / "k", tmp_path / "r")
