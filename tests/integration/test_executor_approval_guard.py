@@ -12,7 +12,7 @@ from keel_contracts.events import StepFailed, StepScheduled, StepScheduledBody, 
 from keel_executor.tools.demo import ledger_counts
 from keel_shared.schedules import sign_schedule
 from keel_shared.signing import Signer
-from tests.conftest import StackFactory, eventually, signed_grant
+from tests.conftest import StackFactory, StackHandle, eventually, signed_grant
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +42,18 @@ def scheduled(
             approved_payload_hash=approved_hash,
             grants=grants or [],
         ),
+    )
+
+
+def real_grant(stack: StackHandle, run_id: str) -> DecisionProof:
+    """The stack's approval service's grant of APPROVED for step `refund` of `run_id`."""
+    return signed_grant(
+        run_id=run_id,
+        step_id="refund",
+        payload=APPROVED,
+        approval_id=f"{run_id}-approval",
+        workflow="demo",
+        signer=stack.decision_signer,
     )
 
 
@@ -91,14 +103,7 @@ async def test_a_write_whose_payload_changed_after_approval_is_refused_and_nothi
         assert ledger_counts(stack.ledger_url, "rbare") == {"invocations": 0, "effects": 0}
 
         # With the approval service's grant of exactly this write, it runs, once.
-        grant = signed_grant(
-            run_id="rsame",
-            step_id="refund",
-            payload=APPROVED,
-            approval_id="rsame-approval",
-            workflow="demo",
-            signer=stack.decision_signer,
-        )
+        grant = real_grant(stack, "rsame")
         await schedule(js, sign_schedule(stack.schedule_signer, scheduled("rsame", dict(APPROVED), approved, [grant])))
         assert isinstance(await outcome_of(js, "rsame"), StepSucceeded)
         assert ledger_counts(stack.ledger_url, "rsame") == {"invocations": 1, "effects": 1}
@@ -111,14 +116,7 @@ async def test_a_write_the_router_did_not_sign_is_refused_whatever_it_claims(kee
     nc = await nats.connect(stack.nats_url)
     js = nc.jetstream()
     try:
-        grant = signed_grant(
-            run_id="rforged",
-            step_id="refund",
-            payload=APPROVED,
-            approval_id="rforged-approval",
-            workflow="demo",
-            signer=stack.decision_signer,
-        )
+        grant = real_grant(stack, "rforged")
         # Even with a real grant: a write under the router's token that the router did not sign.
         await schedule(js, scheduled("rforged", dict(APPROVED), payload_hash(APPROVED), [grant]))
         refused = await outcome_of(js, "rforged")
