@@ -49,6 +49,9 @@ def build(settings: KeelSettings, tools: ToolRegistry | None = None) -> ServiceR
     keyring = decisions.KEYS.keyring(settings)
     # Only the router's signed schedules of writes are sent (decision 026).
     router_keys = schedules.KEYS.keyring(settings)
+    for keys, what in ((schedules.KEYS, "every write will be refused"), (decisions.KEYS, "no grant will count")):
+        if not keys.keyring_path(settings).exists():
+            log.warning("keyring_missing", keyring=str(keys.keyring_path(settings)), consequence=what)
 
     async def claims() -> KvClaims:
         return KvClaims(await runtime.kv(s.CLAIMS_BUCKET))

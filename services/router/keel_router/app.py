@@ -43,6 +43,10 @@ def build(settings: KeelSettings, catalog: WorkflowCatalog | None = None) -> Ser
     in_flight = count_runs_in_flight(runtime)
     # The keys whose signed decisions may unlock a write (decision 026); read again on an unknown key id.
     keyring = decisions.KEYS.keyring(settings)
+    if not decisions.KEYS.keyring_path(settings).exists():
+        log.warning(
+            "keyring_missing", keyring=str(decisions.KEYS.keyring_path(settings)), consequence="no grant will count"
+        )
     # It signs every write it schedules; executors send only those (decision 026).
     schedule_signer = schedules.KEYS.ensure(settings)
 
