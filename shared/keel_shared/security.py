@@ -150,10 +150,6 @@ def _inbox(name: str) -> str:
     return f"{inbox_prefix(name)}.>"
 
 
-def _other_emitters(own: str | None) -> list[str]:
-    return [s.emitter_filter(other) for other in s.SERVICES if other != own]
-
-
 def _stream_admin() -> list[str]:
     return [f"{JS_API}.STREAM.{op}.>" for op in ("CREATE", "UPDATE", "DELETE", "PURGE")] + [
         f"{JS_API}.CONSUMER.DURABLE.CREATE.>"
